@@ -1,0 +1,513 @@
+"""Domain operations of the farm: what the API, the CLI and the test harness call.
+
+Each operation is one write transaction; status changes go through the one door
+(`controller.store.transitions`). Callers pass `now` (the harness freezes it);
+the API passes the wall clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from controller.config import ControllerConfig
+from controller.domain.policy import retry_or_fail, running_timeout_at
+from controller.domain.states import ACTIVE_JOB_STATUSES, JobStatus, NodeStatus, Priority, Reason
+from controller.manifests.schema import JobManifest, Manifest, render_command
+from controller.reconcile import lost_attempt, schedule
+from controller.sources.apply import ObjectResult, Origin, Outcome, apply_objects
+from controller.store import queries
+from controller.store.audit import write_audit
+from controller.store.engine import Store
+from controller.store.timeouts import expected_seconds
+from controller.store.transitions import (
+    JobTransition,
+    NodeTransition,
+    apply_job_transitions,
+    apply_node_transitions,
+    jobs_t,
+    nodes_t,
+)
+
+log = logging.getLogger("controller.farm")
+
+
+class FarmError(Exception):
+    """Base of the errors operations raise; the API maps them to status codes."""
+
+    status_code = 400
+    code = "BadRequest"
+
+
+class NotFound(FarmError):
+    """No such job or node."""
+
+    status_code = 404
+    code = "NotFound"
+
+
+class Conflict(FarmError):
+    """The request contradicts the current state (ownership, immutability, terminal job)."""
+
+    status_code = 409
+    code = "Conflict"
+
+
+class StaleAttempt(Conflict):
+    """A worker report names an attempt that is no longer current (fenced)."""
+
+    code = "StaleAttempt"
+
+
+class InvalidRequest(FarmError):
+    """The request is well-formed but not acceptable."""
+
+    status_code = 422
+    code = "Invalid"
+
+
+REPORT_STATES = ("running", "completed", "failed", "released")
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Work a node must run: the attempt, the argv and the hard deadline."""
+
+    job: str
+    attempt: int
+    command: list[str]
+    active_deadline_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    """Answer to a heartbeat: what to start, what to stop, when to call again."""
+
+    assignments: list[Assignment]
+    cancel: list[tuple[str, int]]
+    heartbeat_interval_seconds: float
+    registered: bool = False
+    revived: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    """Outcome of a worker report: `applied` is False for a duplicate."""
+
+    job: str
+    attempt: int
+    status: str
+    applied: bool
+
+
+@dataclass
+class Farm:
+    """Operations over one store with one config; `on_change` wakes the reconcile loop."""
+
+    store: Store
+    config: ControllerConfig
+    on_change: Callable[[], None] | None = None
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    def _now(self, now: datetime | None) -> datetime:
+        return now if now is not None else self.clock()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # --- desired state ----------------------------------------------------------------------
+
+    def apply(
+        self,
+        manifests: Sequence[Manifest],
+        origin: Origin,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> list[ObjectResult]:
+        """Create or update objects; per-object results, errors included."""
+        at = self._now(now)
+        with self.store.write() as session:
+            results = apply_objects(session, manifests, origin, at, self.config, dry_run=dry_run)
+        if not dry_run and any(r.result in (Outcome.CREATED, Outcome.CONFIGURED) for r in results):
+            self._changed()
+        return results
+
+    def submit(
+        self,
+        scenario: str,
+        priority: Priority | str = Priority.MEDIUM,
+        parameters: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        spec: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        client_id: str | None = None,
+        now: datetime | None = None,
+    ) -> str:
+        """Create one job from fields (`POST /jobs`); returns its name. 409 if the name exists."""
+        job_name = name or f"{scenario}-{secrets.token_hex(3)}"
+        body = {
+            "apiVersion": "ffrtmp.io/v1",
+            "kind": "Job",
+            "metadata": {"name": job_name, "labels": dict(labels or {})},
+            "spec": {**dict(spec or {}), "scenario": scenario, "priority": str(priority),
+                     "parameters": dict(parameters or {})},
+        }
+        manifest = JobManifest.model_validate(body)
+        at = self._now(now)
+        with self.store.write() as session:
+            if queries.job_by_name(session, job_name) is not None:
+                raise Conflict(f"job {job_name!r} already exists")
+            (result,) = apply_objects(session, [manifest], Origin("api", None, client_id), at,
+                                      self.config)
+            if result.result is Outcome.ERROR:
+                raise InvalidRequest(result.error or "invalid job")
+        self._changed()
+        return job_name
+
+    # --- job lifecycle by operators -----------------------------------------------------------
+
+    def cancel(self, name: str, client_id: str | None = None, now: datetime | None = None) -> str:
+        """Cancel a non-terminal job; its worker is told to stop the attempt."""
+        at = self._now(now)
+        with self.store.write() as session:
+            row = self._job(session, name)
+            status = JobStatus(row.status)
+            if status.terminal:
+                raise Conflict(f"job {name!r} is already {status}")
+            apply_job_transitions(
+                session,
+                [JobTransition(row.id, name, status, JobStatus.CANCELLED, str(Reason.CANCELLED),
+                               row.attempt, message="cancelled by " + (client_id or "operator"),
+                               node_name=self._node_name(session, row.node_id))],
+                at, client_id,
+            )
+        self._changed()
+        return str(JobStatus.CANCELLED)
+
+    def retry(self, name: str, client_id: str | None = None, now: datetime | None = None) -> str:
+        """Send a failed or cancelled job back to pending, its retry count reset."""
+        at = self._now(now)
+        with self.store.write() as session:
+            row = self._job(session, name)
+            status = JobStatus(row.status)
+            if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise Conflict(f"job {name!r} is {status}: only failed or cancelled jobs can be retried")
+            apply_job_transitions(
+                session,
+                [JobTransition(row.id, name, status, JobStatus.PENDING, str(Reason.MANUAL_RETRY),
+                               row.attempt, message="retried by " + (client_id or "operator"),
+                               retry_count=0)],
+                at, client_id,
+            )
+        self._changed()
+        return str(JobStatus.PENDING)
+
+    def delete_job(self, name: str, client_id: str | None = None, now: datetime | None = None) -> None:
+        """Delete a job (cancelled first when not terminal); its history stays in the audit log."""
+        at = self._now(now)
+        with self.store.write() as session:
+            row = self._job(session, name)
+            if row.source == "file":
+                raise Conflict(f"job {name!r} is owned by file {row.source_path}: remove it there")
+            delete_job_row(session, row, Reason.CANCELLED, at, client_id)
+        self._changed()
+
+    def delete_node(self, name: str, client_id: str | None = None, now: datetime | None = None) -> None:
+        """Remove a node; its assigned and running jobs are requeued as if it died."""
+        at = self._now(now)
+        with self.store.write() as session:
+            row = queries.node_by_name(session, name, lock=True)
+            if row is None:
+                raise NotFound(f"node {name!r} not found")
+            if row.source == "file":
+                raise Conflict(f"node {name!r} is owned by file {row.source_path}: remove it there")
+            delete_node_row(session, row, at, self.config, client_id)
+        self._changed()
+
+    # --- the worker protocol --------------------------------------------------------------------
+
+    def heartbeat(
+        self,
+        name: str,
+        slots: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        running: Sequence[tuple[str, int]] | None = None,
+        client_id: str | None = None,
+        now: datetime | None = None,
+    ) -> HeartbeatReply:
+        """Record a heartbeat, reconcile what the worker holds, and hand it its work.
+
+        `running` lists every attempt the worker holds (started, or finished with its
+        report not yet acknowledged). None means "not told" (the harness): nothing is
+        concluded from absences then.
+        """
+        at = self._now(now)
+        registered = revived = False
+        with self.store.write() as session:
+            row = queries.node_by_name(session, name, lock=True)
+            if row is None:
+                if not self.config.nodes.auto_register:
+                    raise NotFound(f"node {name!r} is not declared and nodes.autoRegister is off")
+                row = self._register(session, name, slots, labels, at, client_id)
+                registered = True
+            self._record_beat(session, row, slots, labels, at)
+            if row.status != str(NodeStatus.READY):
+                apply_node_transitions(
+                    session,
+                    [NodeTransition(row.id, name, NodeStatus(row.status), NodeStatus.READY,
+                                    str(Reason.HEARTBEAT))],
+                    at, client_id,
+                )
+                revived = row.status == str(NodeStatus.DEAD)
+            held = {(j, a) for j, a in running} if running is not None else None
+            cancel = self._fence(session, row, held, at, client_id)
+            if not row.unschedulable:
+                schedule(session, at, self.config, only_node=row.id)
+            assignments = self._assignments(session, row.id, held)
+        if registered or revived or assignments:
+            self._changed()
+        return HeartbeatReply(assignments, cancel, self.config.nodes.heartbeat_interval_seconds,
+                              registered, revived)
+
+    def _register(
+        self, session: Session, name: str, slots: int | None, labels: Mapping[str, str] | None,
+        at: datetime, client_id: str | None,
+    ) -> Any:
+        session.execute(
+            sa.insert(nodes_t).values(
+                name=name, status=str(NodeStatus.UNKNOWN), slots=slots or 1, labels={},
+                reported_labels=dict(labels or {}), unschedulable=False, declared=False,
+                status_changed_at=at, source="heartbeat", created_at=at, updated_at=at,
+            )
+        )
+        write_audit(session, "node.registered", "node", name,
+                    {"source": "heartbeat", "declared": False, "slots": slots or 1}, at, client_id)
+        log.info("[FaultTolerance] Registered node %s from its first heartbeat", name)
+        return queries.node_by_name(session, name, lock=True)
+
+    def _record_beat(
+        self, session: Session, row: Any, slots: int | None, labels: Mapping[str, str] | None,
+        at: datetime,
+    ) -> None:
+        values: dict[str, Any] = {"last_heartbeat": at}
+        if labels is not None and dict(labels) != row.reported_labels:
+            values["reported_labels"] = dict(labels)
+        # A declared node's slots are desired state; a self-registered one reports its own.
+        if slots is not None and not row.declared and slots != row.slots:
+            values["slots"] = slots
+            values["updated_at"] = at
+        session.execute(sa.update(nodes_t).where(nodes_t.c.id == row.id).values(**values))
+
+    def _fence(
+        self, session: Session, row: Any, held: set[tuple[str, int]] | None, at: datetime,
+        client_id: str | None,
+    ) -> list[tuple[str, int]]:
+        """Attempts the worker must stop, and running jobs the worker no longer holds."""
+        active = queries.active_jobs_on_node(session, row.id)
+        current = {(j.name, j.attempt) for j in active}
+        cancel = sorted(held - current) if held is not None else []
+        if held is None:
+            return cancel
+        lost = [
+            lost_attempt(j, Reason.NODE_RESTARTED, at, self.config,
+                         f"node {row.name} no longer runs attempt {j.attempt}")
+            for j in active
+            if j.status is JobStatus.RUNNING and (j.name, j.attempt) not in held
+        ]
+        apply_job_transitions(session, lost, at, client_id)
+        return cancel
+
+    def _assignments(
+        self, session: Session, node_id: int, held: set[tuple[str, int]] | None
+    ) -> list[Assignment]:
+        rows = session.execute(
+            sa.select(jobs_t.c.name, jobs_t.c.attempt, jobs_t.c.scenario_name,
+                      jobs_t.c.parameters, jobs_t.c.active_deadline_seconds)
+            .where(jobs_t.c.node_id == node_id, jobs_t.c.status == str(JobStatus.ASSIGNED))
+            .order_by(jobs_t.c.assigned_at, jobs_t.c.id)
+        ).all()
+        pending = [r for r in rows if held is None or (r.name, r.attempt) not in held]
+        if not pending:
+            return []
+        scenarios = queries.scenarios_by_name(session, sorted({r.scenario_name for r in pending}))
+        out = []
+        for r in pending:
+            scenario = scenarios[r.scenario_name]
+            command = render_command(scenario.command, {**scenario.defaults, **r.parameters})
+            out.append(Assignment(r.name, r.attempt, command, r.active_deadline_seconds))
+        return out
+
+    def report(
+        self,
+        job: str,
+        attempt: int,
+        state: str,
+        exit_code: int | None = None,
+        message: str | None = None,
+        log_tail: str | None = None,
+        result: dict[str, Any] | None = None,
+        reason: str | None = None,
+        node: str | None = None,
+        client_id: str | None = None,
+        now: datetime | None = None,
+    ) -> ReportResult:
+        """Apply a worker's report for one attempt: fenced (StaleAttempt) and idempotent.
+
+        `node`, when given (a worker token), must be the node the attempt runs on.
+        """
+        if state not in REPORT_STATES:
+            raise InvalidRequest(f"state must be one of {', '.join(REPORT_STATES)}")
+        at = self._now(now)
+        stale: str | None = None
+        with self.store.write() as session:
+            row = self._job(session, job)
+            node_name = self._node_name(session, row.node_id)
+            status = JobStatus(row.status)
+            current = (
+                row.attempt == attempt
+                and status in ACTIVE_JOB_STATUSES
+                and (node is None or node_name == node)
+            )
+            if current:
+                transitions = self._report_transitions(
+                    session, row, node_name, state, exit_code, message, log_tail, result, reason, at
+                )
+                apply_job_transitions(session, transitions, at, client_id)
+                final = transitions[-1].to_status if transitions else status
+                outcome = ReportResult(job, attempt, str(final), applied=bool(transitions))
+            elif self._duplicate(session, row, attempt, state):
+                outcome = ReportResult(job, attempt, row.status, applied=False)
+            else:
+                stale = (f"attempt {attempt} of job {job!r} is not current "
+                         f"(job is {row.status}, attempt {row.attempt}"
+                         + (f", on node {node_name}" if node_name else "") + ")")
+                write_audit(session, "job.stale_report", "job", job,
+                            {"attempt": attempt, "currentAttempt": row.attempt,
+                             "status": row.status, "state": state, "node": node,
+                             "exitCode": exit_code}, at, client_id)
+        if stale is not None:
+            log.warning("[FaultTolerance] Refused stale report: %s", stale)
+            raise StaleAttempt(stale)
+        if outcome.applied:
+            self._changed()
+        return outcome
+
+    def _report_transitions(
+        self, session: Session, row: Any, node_name: str | None, state: str,
+        exit_code: int | None, message: str | None, log_tail: str | None,
+        result: dict[str, Any] | None, reason: str | None, at: datetime,
+    ) -> list[JobTransition]:
+        status = JobStatus(row.status)
+
+        def step(to: JobStatus, why: Reason | str, **extra: Any) -> JobTransition:
+            return JobTransition(job_id=row.id, name=row.name, from_status=status, to_status=to,
+                                 reason=str(why), attempt=row.attempt, node_name=node_name, **extra)
+
+        if state == "released":
+            return [step(JobStatus.PENDING, Reason.RELEASED,
+                         message=message or "handed back by a draining worker")]
+        out: list[JobTransition] = []
+        if status is JobStatus.ASSIGNED and state in ("running", "completed"):
+            out.append(step(JobStatus.RUNNING, Reason.STARTED,
+                            timeout_at=self._running_deadline(session, row, at)))
+            status = JobStatus.RUNNING
+        if state == "running":
+            return out
+        finish = {"exit_code": exit_code, "log_tail": log_tail, "result": result}
+        if state == "completed":
+            out.append(step(JobStatus.COMPLETED, Reason.SUCCEEDED, message=message, **finish))
+            return out
+        cause = Reason.EXIT_CODE
+        if reason in (Reason.DEADLINE_EXCEEDED, Reason.INVALID_PARAMETERS):
+            cause = Reason(reason)
+        detail = message or (f"exit code {exit_code}" if exit_code is not None else None)
+        fail_now = cause is Reason.INVALID_PARAMETERS or (
+            cause is Reason.EXIT_CODE and exit_code is not None and exit_code in row.fail_on_exit_codes
+        )
+        if fail_now:
+            out.append(step(JobStatus.FAILED, cause, message=detail, **finish))
+            return out
+        ft = self.config.fault_tolerance
+        max_retries = row.max_retries if row.max_retries is not None else ft.max_retries
+        decided = retry_or_fail(row.retry_count, max_retries, cause, at, ft, detail)
+        out.append(step(decided.status, decided.reason, message=decided.message,
+                        retry_count=decided.retry_count, not_before=decided.not_before, **finish))
+        return out
+
+    def _running_deadline(self, session: Session, row: Any, at: datetime) -> datetime | None:
+        scenario = queries.scenarios_by_name(session, [row.scenario_name]).get(row.scenario_name)
+        expected = expected_seconds(row.expected_duration_seconds,
+                                    scenario.expected_duration_seconds if scenario else None)
+        return running_timeout_at(at, expected, self.config.fault_tolerance)
+
+    def _duplicate(self, session: Session, row: Any, attempt: int, state: str) -> bool:
+        """True when this report was already applied (the attempt's history says so)."""
+        history = queries.attempt_row(session, row.id, attempt)
+        if history is None:
+            return False
+        if state == "running":
+            return bool(history.status == "running" and row.attempt == attempt)
+        if state == "completed":
+            return bool(history.status == "completed")
+        if state == "released":
+            return bool(history.status == "requeued" and history.reason == str(Reason.RELEASED))
+        return bool(
+            (history.status == "failed"
+            and history.reason in (str(Reason.EXIT_CODE), str(Reason.DEADLINE_EXCEEDED),
+                                   str(Reason.INVALID_PARAMETERS), str(Reason.MAX_RETRIES_EXCEEDED)))
+            or (history.status == "requeued"
+            and history.reason in (str(Reason.EXIT_CODE), str(Reason.DEADLINE_EXCEEDED)))
+        )
+
+    # --- lookups --------------------------------------------------------------------------------
+
+    def _job(self, session: Session, name: str) -> Any:
+        row = queries.job_by_name(session, name, lock=True)
+        if row is None:
+            raise NotFound(f"job {name!r} not found")
+        return row
+
+    @staticmethod
+    def _node_name(session: Session, node_id: int | None) -> str | None:
+        if node_id is None:
+            return None
+        return session.execute(sa.select(nodes_t.c.name).where(nodes_t.c.id == node_id)).scalar()
+
+
+def delete_job_row(
+    session: Session, row: Any, reason: Reason, at: datetime, client_id: str | None
+) -> None:
+    """Cancel (when not terminal) and delete one job; audited."""
+    status = JobStatus(row.status)
+    if not status.terminal:
+        apply_job_transitions(
+            session,
+            [JobTransition(row.id, row.name, status, JobStatus.CANCELLED, str(reason), row.attempt,
+                           message=f"{reason}: the job is being deleted")],
+            at, client_id,
+        )
+    session.execute(sa.delete(jobs_t).where(jobs_t.c.id == row.id))
+    write_audit(session, "job.deleted", "job", row.name,
+                {"status": str(JobStatus.CANCELLED if not status.terminal else status),
+                 "reason": str(reason)}, at, client_id)
+
+
+def delete_node_row(
+    session: Session, row: Any, at: datetime, config: ControllerConfig, client_id: str | None
+) -> None:
+    """Requeue a node's active jobs as if it died, then delete it; audited."""
+    lost = [
+        lost_attempt(j, Reason.NODE_LOST, at, config, f"node {row.name} was removed")
+        for j in queries.active_jobs_on_node(session, row.id)
+    ]
+    apply_job_transitions(session, lost, at, client_id)
+    session.execute(sa.delete(nodes_t).where(nodes_t.c.id == row.id))
+    write_audit(session, "node.deleted", "node", row.name, {"status": row.status}, at, client_id)

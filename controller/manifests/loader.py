@@ -1,0 +1,421 @@
+"""Strict YAML loading of manifest files, keeping the line of every value.
+
+PyYAML composes each document into a node tree (marks included); we convert the
+nodes to plain values ourselves so that duplicate keys, merge keys, exotic tags
+and alias bombs are refused instead of silently accepted or expanded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+"""Files (and request bodies) larger than this are refused before parsing."""
+
+MAX_ALIAS_NODES = 100_000
+"""Nodes that aliases may expand to, per file; a billion-laughs bomb stops here."""
+
+MAX_DEPTH = 100
+"""Deepest nesting of mappings and lists accepted in a document."""
+
+FieldPath = tuple[str | int, ...]
+"""Where a value sits in a document: mapping keys and list indexes."""
+
+# PyYAML's C composer is several times faster; the pure-Python one is the fallback.
+_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_TAG = "tag:yaml.org,2002:"
+_SIMPLE_FIELD = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def format_field(path: FieldPath) -> str:
+    """Dotted field path: `spec.command[3]`, `metadata.labels["ffrtmp.io/zone"]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _SIMPLE_FIELD.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f'["{part}"]'
+    return out
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One finding about a manifest file; `str()` is `file:line: field.path: message`."""
+
+    path: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        if self.field:
+            return f"{self.path}:{self.line}: {self.field}: {self.message}"
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LineMap:
+    """The 1-based line of every value (and of every mapping key) of one document."""
+
+    values: Mapping[FieldPath, int]
+    keys: Mapping[FieldPath, int] = field(default_factory=dict)
+
+    def line_of(self, path: FieldPath) -> int:
+        """Line of the value at `path`, else of its nearest recorded ancestor."""
+        for end in range(len(path), -1, -1):
+            line = self.values.get(path[:end])
+            if line is not None:
+                return line
+        return 1
+
+    def key_line_of(self, path: FieldPath) -> int:
+        """Line of the mapping key naming `path`, else the line of its value."""
+        line = self.keys.get(path)
+        return line if line is not None else self.line_of(path)
+
+    def has(self, path: FieldPath) -> bool:
+        """True when the document holds a value at `path`."""
+        return path in self.values
+
+    def rooted_at(self, prefix: FieldPath) -> LineMap:
+        """The lines of the value at `prefix`, with paths made relative to it."""
+        n = len(prefix)
+        return LineMap(
+            {p[n:]: line for p, line in self.values.items() if p[:n] == prefix},
+            {p[n:]: line for p, line in self.keys.items() if p[:n] == prefix and len(p) > n},
+        )
+
+
+@dataclass(frozen=True)
+class Document:
+    """One declared object's raw mapping, with where it came from."""
+
+    path: str
+    index: int
+    line: int
+    data: dict[str, Any]
+    lines: LineMap
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """The documents of one file, and the problems that kept others out."""
+
+    documents: tuple[Document, ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the file loaded without any problem."""
+        return not self.problems
+
+
+class _LoadError(Exception):
+    """Stops converting one document; carries where and why."""
+
+    def __init__(self, line: int, path: FieldPath, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.path = path
+        self.message = message
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _short(tag: str) -> str:
+    return tag.replace(_TAG, "!!")
+
+
+def _describe_key(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class _Converter:
+    """Turns the node trees of one file into plain values and a LineMap per document."""
+
+    def __init__(self) -> None:
+        self._constructor = SafeConstructor()
+        self._seen: set[int] = set()
+        self._expanded = 0
+        self._open: set[int] = set()
+
+    def document(self, root: Node) -> tuple[Any, LineMap]:
+        """Convert one document's root node."""
+        values: dict[FieldPath, int] = {(): _line(root)}
+        keys: dict[FieldPath, int] = {}
+        data = self._value(root, (), 0, False, values, keys)
+        return data, LineMap(values, keys)
+
+    def _count(self, node: Node, path: FieldPath, in_alias: bool) -> bool:
+        # A node met a second time is an alias; everything below it is an expansion.
+        in_alias = in_alias or id(node) in self._seen
+        self._seen.add(id(node))
+        if in_alias:
+            self._expanded += 1
+            if self._expanded > MAX_ALIAS_NODES:
+                raise _LoadError(
+                    _line(node), (), f"aliases expand to more than {MAX_ALIAS_NODES} nodes"
+                )
+        return in_alias
+
+    def _value(
+        self,
+        node: Node,
+        path: FieldPath,
+        depth: int,
+        in_alias: bool,
+        values: dict[FieldPath, int],
+        keys: dict[FieldPath, int],
+    ) -> Any:
+        if depth > MAX_DEPTH:
+            raise _LoadError(_line(node), path, f"nested deeper than {MAX_DEPTH} levels")
+        in_alias = self._count(node, path, in_alias)
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in self._open:
+            raise _LoadError(_line(node), path, "recursive alias (a value contains itself)")
+        self._open.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                return self._sequence(node, path, depth, in_alias, values, keys)
+            if isinstance(node, MappingNode):
+                return self._mapping(node, path, depth, in_alias, values, keys)
+        finally:
+            self._open.discard(id(node))
+        raise _LoadError(_line(node), path, "unsupported YAML node")
+
+    def _sequence(
+        self,
+        node: SequenceNode,
+        path: FieldPath,
+        depth: int,
+        in_alias: bool,
+        values: dict[FieldPath, int],
+        keys: dict[FieldPath, int],
+    ) -> list[Any]:
+        if node.tag != _TAG + "seq":
+            raise _LoadError(_line(node), path, f"unsupported YAML tag {_short(node.tag)}")
+        out: list[Any] = []
+        for index, item in enumerate(node.value):
+            item_path = (*path, index)
+            values[item_path] = _line(item)
+            out.append(self._value(item, item_path, depth + 1, in_alias, values, keys))
+        return out
+
+    def _mapping(
+        self,
+        node: MappingNode,
+        path: FieldPath,
+        depth: int,
+        in_alias: bool,
+        values: dict[FieldPath, int],
+        keys: dict[FieldPath, int],
+    ) -> dict[str, Any]:
+        if node.tag != _TAG + "map":
+            raise _LoadError(_line(node), path, f"unsupported YAML tag {_short(node.tag)}")
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key_line = _line(key_node)
+            if key_node.tag == _TAG + "merge":
+                raise _LoadError(
+                    key_line, path, "merge keys (<<) are not supported; write the fields out"
+                )
+            key = self._scalar(key_node, path) if isinstance(key_node, ScalarNode) else None
+            if not isinstance(key, str):
+                shown = _describe_key(key) if isinstance(key_node, ScalarNode) else "a collection"
+                raise _LoadError(
+                    key_line, path, f"mapping keys must be strings (got {shown}; quote it)"
+                )
+            child = (*path, key)
+            if key in out:
+                raise _LoadError(
+                    key_line, child, f"duplicate key (first at line {keys[child]})"
+                )
+            keys[child] = key_line
+            # A collection is located by its key; a scalar by where the scalar is written.
+            values[child] = _line(value_node) if isinstance(value_node, ScalarNode) else key_line
+            out[key] = self._value(value_node, child, depth + 1, in_alias, values, keys)
+        return out
+
+    def _scalar(self, node: ScalarNode, path: FieldPath) -> Any:
+        tag = node.tag
+        try:
+            if tag == _TAG + "str":
+                return node.value
+            if tag == _TAG + "null":
+                return None
+            if tag == _TAG + "bool":
+                return self._constructor.construct_yaml_bool(node)
+            if tag == _TAG + "int":
+                return self._constructor.construct_yaml_int(node)
+            if tag == _TAG + "float":
+                return self._constructor.construct_yaml_float(node)
+        except ValueError:
+            # int() refuses numbers with thousands of digits (CPython's int_max_str_digits).
+            raise _LoadError(_line(node), path, "number too large") from None
+        if tag == _TAG + "timestamp":
+            # A date-like value (`2026-01-01`) is kept as written, not turned into a datetime.
+            return node.value
+        raise _LoadError(_line(node), path, f"unsupported YAML tag {_short(tag)}")
+
+
+def _offset_line(data: bytes | str, offset: int) -> int:
+    newline: Any = b"\n" if isinstance(data, bytes) else "\n"
+    return int(data.count(newline, 0, offset)) + 1
+
+
+def _decode(data: bytes, path: str) -> str | Problem:
+    """UTF-8 text of `data`, or the problem that makes it binary junk."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        return Problem(
+            path,
+            _offset_line(data, nul),
+            "",
+            f"binary data (NUL byte at offset {nul}); a manifest must be UTF-8 text",
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return Problem(
+            path,
+            _offset_line(data, exc.start),
+            "",
+            f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})",
+        )
+
+
+def _too_large(size: int, path: str) -> Problem:
+    return Problem(
+        path, 1, "", f"file too large: {size} bytes (limit {MAX_MANIFEST_BYTES} bytes)"
+    )
+
+
+def _tab_at(text: str, line: int, column: int) -> bool:
+    """True when the error mark sits on a tab (libyaml does not say so itself)."""
+    start = 0
+    for _ in range(line):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return False
+    return text[start + column : start + column + 1] == "\t"
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str, path: str) -> Problem:
+    """A PyYAML error as a Problem at its line, in words a user can act on."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return Problem(
+            path,
+            _offset_line(text, exc.position),
+            "",
+            f"invalid character U+{exc.character:04X} ({exc.reason})"
+            if isinstance(exc.character, int)
+            else f"invalid character ({exc.reason})",
+        )
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = int(mark.line) + 1 if mark is not None else 1
+        problem = exc.problem or "invalid YAML"
+        if mark is not None and _tab_at(text, int(mark.line), int(mark.column)):
+            return Problem(path, line, "", "YAML syntax error: tab character; indent with spaces")
+        context = f" ({exc.context})" if exc.context else ""
+        return Problem(path, line, "", f"YAML syntax error: {problem}{context}")
+    return Problem(path, 1, "", f"YAML error: {exc}")
+
+
+def _roots(text: str) -> Iterator[Node | None]:
+    yield from yaml.compose_all(text, Loader=_YamlLoader)
+
+
+def _declared(data: Any, lines: LineMap, item_lists: bool) -> Iterator[tuple[Any, LineMap]]:
+    """The object mappings a document declares (several for an item list)."""
+    if item_lists and isinstance(data, dict) and set(data) == {"items"}:
+        data, lines = data["items"], lines.rooted_at(("items",))
+    if item_lists and isinstance(data, list):
+        for index, item in enumerate(data):
+            yield item, lines.rooted_at((index,))
+        return
+    yield data, lines
+
+
+def load_text(text: str | bytes, path: str, *, item_lists: bool = False) -> LoadResult:
+    """Load every document of one manifest text (`item_lists`: JSON lists, `{"items": []}`)."""
+    # `item_lists` serves `POST /apply`, whose JSON bodies are a list or {"items": [...]}.
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_MANIFEST_BYTES:
+        return LoadResult(problems=(_too_large(size, path),))
+    if isinstance(text, bytes):
+        decoded = _decode(text, path)
+        if isinstance(decoded, Problem):
+            return LoadResult(problems=(decoded,))
+        text = decoded
+    elif "\0" in text:
+        nul = text.index("\0")
+        message = f"binary data (NUL character at offset {nul}); a manifest must be text"
+        return LoadResult(problems=(Problem(path, _offset_line(text, nul), "", message),))
+
+    converter = _Converter()
+    documents: list[Document] = []
+    problems: list[Problem] = []
+    try:
+        for root in _roots(text):
+            if root is None or (isinstance(root, ScalarNode) and root.tag == _TAG + "null"):
+                continue  # an empty document declares nothing
+            try:
+                data, lines = converter.document(root)
+            except _LoadError as exc:
+                problems.append(Problem(path, exc.line, format_field(exc.path), exc.message))
+                continue
+            for item, item_lines in _declared(data, lines, item_lists):
+                if not isinstance(item, dict):
+                    shown = "a list" if isinstance(item, list) else "a scalar"
+                    problems.append(
+                        Problem(
+                            path,
+                            item_lines.line_of(()),
+                            "",
+                            f"a manifest document must be a mapping (got {shown})",
+                        )
+                    )
+                    continue
+                documents.append(
+                    Document(path, len(documents), item_lines.line_of(()), item, item_lines)
+                )
+    except yaml.YAMLError as exc:
+        problems.append(_yaml_problem(exc, text, path))
+    except RecursionError:
+        # Only the pure-Python composer recurses; libyaml stops at its own depth limit.
+        problems.append(Problem(path, 1, "", f"nested deeper than {MAX_DEPTH} levels"))
+    return LoadResult(tuple(documents), tuple(problems))
+
+
+def load_file(path: str | Path, display: str | None = None) -> LoadResult:
+    """Load one manifest file, refusing oversized ones before reading them whole."""
+    shown = display if display is not None else str(path)
+    try:
+        with open(path, "rb") as stream:
+            # Reading one byte past the limit catches files that grow after a stat().
+            data = stream.read(MAX_MANIFEST_BYTES + 1)
+            if len(data) > MAX_MANIFEST_BYTES:
+                stream.seek(0, 2)
+                return LoadResult(problems=(_too_large(stream.tell(), shown),))
+    except OSError as exc:
+        return LoadResult(problems=(Problem(shown, 1, "", f"cannot read: {exc.strerror}"),))
+    return load_text(data, shown)

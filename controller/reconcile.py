@@ -1,0 +1,284 @@
+"""The reconcile pass: read what is, decide with the pure policy, apply through the one door.
+
+`Reconciler.reconcile(now)` runs the steps of SPEC section 5 in order, each in its
+own transaction. It is level-triggered: every step looks at the whole current
+state, so a missed event, a crash between steps or a restart changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlmodel import Session
+
+from controller.config import ControllerConfig
+from controller.domain.policy import (
+    NodeBeat,
+    assigned_timeout_at,
+    decide_liveness,
+    retry_or_fail,
+)
+from controller.domain.queue import FreeNode, Placement, merge_classes, requirements
+from controller.domain.states import JobStatus, NodeStatus, Priority, Reason
+from controller.manifests.schema import placeholders
+from controller.store import queries
+from controller.store.audit import write_audit
+from controller.store.engine import Store
+from controller.store.tokens import delete_expired_tokens
+from controller.store.transitions import (
+    JobTransition,
+    NodeTransition,
+    apply_job_transitions,
+    apply_node_transitions,
+)
+
+log = logging.getLogger("controller.reconcile")
+
+_WAITING_REASONS = frozenset(
+    {str(Reason.SCENARIO_NOT_FOUND), str(Reason.NO_MATCHING_NODE), str(Reason.INVALID_PARAMETERS)}
+)
+
+
+@dataclass
+class PassResult:
+    """What one pass did (names), for logs, metrics and tests."""
+
+    dead_nodes: list[str] = field(default_factory=list)
+    held_back_nodes: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    scheduled: list[tuple[str, str]] = field(default_factory=list)
+    expired_tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A job bound to a node by the scheduler."""
+
+    job: str
+    node: str
+    attempt: int
+    created_at: datetime
+
+
+def lost_attempt(
+    job: queries.ActiveJob, cause: Reason, now: datetime, config: ControllerConfig,
+    detail: str | None = None,
+) -> JobTransition:
+    """The retry rule applied to an attempt that was lost (dead node, stall, timeout, report).
+
+    Logs the seed's line for the outcome; the caller applies the transition.
+    """
+    max_retries = job.max_retries if job.max_retries is not None else config.fault_tolerance.max_retries
+    outcome = retry_or_fail(job.retry_count, max_retries, cause, now, config.fault_tolerance, detail)
+    if outcome.status is JobStatus.PENDING:
+        log.info("[FaultTolerance] Reassigned job %s (retry %d/%d): %s",
+                 job.name, outcome.retry_count, max_retries, cause)
+    else:
+        log.warning("[FaultTolerance] Failed job %s: max retries exceeded", job.name)
+    return JobTransition(
+        job_id=job.id,
+        name=job.name,
+        from_status=job.status,
+        to_status=outcome.status,
+        reason=str(outcome.reason),
+        attempt=job.attempt,
+        message=outcome.message,
+        node_name=job.node_name,
+        retry_count=outcome.retry_count,
+        not_before=outcome.not_before,
+    )
+
+
+def _count_outcomes(transitions: list[JobTransition], result: PassResult) -> None:
+    for t in transitions:
+        (result.requeued if t.to_status is JobStatus.PENDING else result.failed).append(t.name)
+
+
+def schedule(
+    session: Session, now: datetime, config: ControllerConfig, only_node: int | None = None
+) -> list[Binding]:
+    """Bind eligible pending jobs, in queue order, to ready nodes with free slots.
+
+    With `only_node`, only that node is filled (the heartbeat path); the rules are
+    the same. A job that fits no node is skipped and never blocks the ones behind it.
+    """
+    nodes = queries.schedulable_nodes(session, only=only_node, lock=True)
+    if not nodes:
+        return []
+    counts = queries.active_counts(session, [n.id for n in nodes] if only_node is not None else None)
+    placement = Placement.of(
+        FreeNode(n.name, max(n.slots - counts.get(n.id, 0), 0), n.labels) for n in nodes
+    )
+    if placement.remaining == 0:
+        return []
+    node_ids = {n.name: n.id for n in nodes}
+    scenarios = queries.scenarios_by_name(session)
+    runs = {p: queries.pending_run(session, p, lock=True) for p in Priority}
+    bindings: list[Binding] = []
+    transitions: list[JobTransition] = []
+    reasons: list[tuple[int, str | None, str | None]] = []
+    assign_deadline = assigned_timeout_at(now, config.fault_tolerance)
+
+    def waiting(job: queries.PendingJob, reason: Reason | None, message: str | None) -> None:
+        # Only the full pass knows that no node at all matches; the heartbeat path sees one node.
+        wanted = str(reason) if reason else None
+        if only_node is None and wanted != job.reason and (wanted or job.reason in _WAITING_REASONS):
+            reasons.append((job.id, wanted, message))
+
+    for job in merge_classes(runs, now, config.queue):
+        if placement.remaining == 0:
+            break
+        if job.suspend or (job.not_before is not None and job.not_before > now):
+            continue
+        scenario = scenarios.get(job.scenario_name)
+        if scenario is None:
+            waiting(job, Reason.SCENARIO_NOT_FOUND, f"scenario {job.scenario_name!r} does not exist")
+            continue
+        missing = placeholders(scenario.command) - set(scenario.defaults) - set(job.parameters)
+        if missing:
+            waiting(job, Reason.INVALID_PARAMETERS,
+                    "no value for placeholder(s) " + ", ".join(sorted(missing)))
+            continue
+        needs = requirements(job.node_selector, scenario.requires)
+        if needs is None or not placement.any_match(needs):
+            waiting(job, Reason.NO_MATCHING_NODE, "no ready node matches nodeSelector and requires")
+            continue
+        node = placement.place(needs)
+        if node is None:
+            waiting(job, None, None)
+            continue
+        transitions.append(
+            JobTransition(
+                job_id=job.id,
+                name=job.name,
+                from_status=JobStatus.PENDING,
+                to_status=JobStatus.ASSIGNED,
+                reason=str(Reason.SCHEDULED),
+                attempt=job.attempt,
+                node_id=node_ids[node],
+                node_name=node,
+                timeout_at=assign_deadline,
+            )
+        )
+        bindings.append(Binding(job.name, node, job.attempt + 1, job.created_at))
+    for run in runs.values():
+        run.close()
+    queries.set_job_reasons(session, reasons, now)
+    apply_job_transitions(session, transitions, now)
+    return bindings
+
+
+class Reconciler:
+    """Runs reconcile passes over a store; keeps only the mass-failure episode in memory."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: ControllerConfig,
+        started_at: datetime,
+        desired_state: Callable[[datetime], None] | None = None,
+        on_pass: Callable[[PassResult], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.started_at = started_at
+        self.desired_state = desired_state
+        self.on_pass = on_pass
+        self.episode_started_at: datetime | None = None
+
+    def reconcile(self, now: datetime) -> PassResult:
+        """One pass at `now`: desired state, liveness, lost jobs, timeouts, scheduling, housekeeping."""
+        began = time.perf_counter()
+        result = PassResult()
+        if self.desired_state is not None:
+            self.desired_state(now)
+        self.check_liveness(now, result)
+        self.requeue_lost(now, result)
+        self.check_timeouts(now, result)
+        self.schedule(now, result)
+        self.housekeeping(now, result)
+        result.seconds = time.perf_counter() - began
+        if self.on_pass is not None:
+            self.on_pass(result)
+        return result
+
+    def check_liveness(self, now: datetime, result: PassResult) -> None:
+        """Declare overdue ready nodes dead, unless the mass-failure guard holds them back."""
+        ft = self.config.fault_tolerance
+        with self.store.write() as session:
+            ready = queries.ready_nodes(session)
+            ids = {name: node_id for node_id, name, _ in ready}
+            decision = decide_liveness(
+                [NodeBeat(name, beat) for _, name, beat in ready],
+                now, self.started_at, ft, self.episode_started_at,
+            )
+            if decision.episode_began:
+                write_audit(
+                    session, "controller.mass_failure_suspected", "controller", "controller",
+                    {"overdue": list(decision.held_back), "ready": len(ready),
+                     "threshold": ft.mass_failure_threshold,
+                     "holdSeconds": ft.mass_failure_hold_seconds},
+                    now,
+                )
+            apply_node_transitions(
+                session,
+                [NodeTransition(ids[n], n, NodeStatus.READY, NodeStatus.DEAD,
+                                str(Reason.HEARTBEAT_TIMEOUT)) for n in decision.dead],
+                now,
+            )
+        if decision.episode_began:
+            log.warning(
+                "[FaultTolerance] Mass failure suspected: %d of %d ready nodes missed heartbeats; "
+                "holding deaths back for %gs", len(decision.held_back), len(ready),
+                ft.mass_failure_hold_seconds,
+            )
+        self.episode_started_at = decision.episode_started_at
+        for name in decision.dead:
+            log.warning("[FaultTolerance] Detected dead node: %s (%s)", name, ids[name])
+        result.dead_nodes.extend(decision.dead)
+        result.held_back_nodes.extend(decision.held_back)
+
+    def requeue_lost(self, now: datetime, result: PassResult) -> None:
+        """Jobs assigned to or running on dead (or removed) nodes: retry or fail."""
+        with self.store.write() as session:
+            transitions = [
+                lost_attempt(job, Reason.NODE_LOST, now, self.config,
+                             f"node {job.node_name} is dead" if job.node_name else "node removed")
+                for job in queries.jobs_on_lost_nodes(session)
+            ]
+            apply_job_transitions(session, transitions, now)
+        _count_outcomes(transitions, result)
+
+    def check_timeouts(self, now: datetime, result: PassResult) -> None:
+        """Running jobs past their stall limit and assigned jobs never started: retry or fail."""
+        with self.store.write() as session:
+            transitions = []
+            for job in queries.timed_out_jobs(session, now):
+                if job.status is JobStatus.RUNNING:
+                    transitions.append(lost_attempt(job, Reason.STALLED, now, self.config,
+                                                    "running longer than its stall limit"))
+                else:
+                    transitions.append(lost_attempt(job, Reason.ASSIGN_TIMEOUT, now, self.config,
+                                                    "not started by its node in time"))
+            apply_job_transitions(session, transitions, now)
+        _count_outcomes(transitions, result)
+
+    def schedule(self, now: datetime, result: PassResult) -> list[Binding]:
+        """Bind eligible pending jobs to free slots."""
+        with self.store.write() as session:
+            bindings = schedule(session, now, self.config)
+        result.scheduled.extend((b.job, b.node) for b in bindings)
+        return bindings
+
+    def housekeeping(self, now: datetime, result: PassResult) -> None:
+        """Delete expired tokens."""
+        with self.store.write() as session:
+            result.expired_tokens = delete_expired_tokens(session, now)
+        if result.expired_tokens:
+            log.info("[Auth] Cleaned up %d expired tokens", result.expired_tokens)

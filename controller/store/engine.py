@@ -1,0 +1,122 @@
+"""Engines and sessions: SQLite tuned for one writer, PostgreSQL through psycopg 3.
+
+Reads and writes are opened differently. On SQLite a write transaction starts with
+`BEGIN IMMEDIATE`, so it takes the write lock up front and waits (busy timeout)
+instead of failing half-way with "database is locked" when two writers meet; a
+read starts with a plain deferred `BEGIN` and, under WAL, never blocks a writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session
+
+from controller.config import DatabaseConfig
+
+_WRITE = "ffrtmp_write"
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used as configured."""
+
+
+def normalize_url(url: str) -> URL:
+    """Accept `postgresql://` and `postgres://` as psycopg 3 URLs."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def is_memory(url: URL) -> bool:
+    """True for an in-memory SQLite database."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def create_store_engine(config: DatabaseConfig) -> Engine:
+    """An engine for `config.url` with the pragmas and transaction modes described above."""
+    url = normalize_url(config.url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, config)
+    if backend == "postgresql":
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    raise StoreError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
+
+
+def _sqlite_engine(url: URL, config: DatabaseConfig) -> Engine:
+    kwargs: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": config.sqlite_busy_timeout_seconds}
+    }
+    memory = is_memory(url)
+    if memory:
+        # One shared connection, so every session sees the same in-memory database.
+        kwargs["poolclass"] = StaticPool
+    engine = sa.create_engine(url, **kwargs)
+    synchronous = config.sqlite_synchronous.upper()
+    busy_ms = int(config.sqlite_busy_timeout_seconds * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's implicit transactions are off).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        if connection.get_execution_options().get(_WRITE):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+class Store:
+    """The database handle: an engine plus read and write sessions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._write_engine = engine.execution_options(**{_WRITE: True})
+
+    @classmethod
+    def from_config(cls, config: DatabaseConfig) -> Store:
+        """Open the database described by `config` (no schema changes)."""
+        return cls(create_store_engine(config))
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self.engine.dialect.name
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any exception."""
+        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only transaction (rolled back at the end)."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+            finally:
+                session.rollback()
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()

@@ -1,0 +1,302 @@
+"""Named reads and small writes of the reconcile pass and the worker protocol.
+
+Everything here runs inside the caller's session (and so its transaction).
+Status changes are not made here: they go through `controller.store.transitions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from controller.domain.queue import Queued
+from controller.domain.states import JobStatus, NodeStatus, Priority
+from controller.store.models import Scenario
+from controller.store.transitions import attempts_t, jobs_t, nodes_t
+
+scenarios_t: sa.Table = Scenario.__table__  # type: ignore[attr-defined]
+
+ACTIVE = (str(JobStatus.ASSIGNED), str(JobStatus.RUNNING))
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveJob:
+    """An assigned or running job, as the fault-tolerance steps see it."""
+
+    id: int
+    name: str
+    status: JobStatus
+    attempt: int
+    retry_count: int
+    max_retries: int | None
+    node_id: int | None
+    node_name: str | None
+    timeout_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob(Queued):
+    """A pending job, as the scheduler sees it."""
+
+    id: int = 0
+    attempt: int = 0
+    scenario_name: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    node_selector: dict[str, str] = field(default_factory=dict)
+    not_before: datetime | None = None
+    suspend: bool = False
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScenarioInfo:
+    """What scheduling needs of a scenario."""
+
+    name: str
+    command: list[str]
+    defaults: dict[str, Any]
+    requires: dict[str, str]
+    expected_duration_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A node with its labels as scheduling matches them (declared over reported)."""
+
+    id: int
+    name: str
+    status: NodeStatus
+    slots: int
+    unschedulable: bool
+    labels: dict[str, str]
+    last_heartbeat: datetime | None
+
+
+def _active_columns() -> list[Any]:
+    return [
+        jobs_t.c.id,
+        jobs_t.c.name,
+        jobs_t.c.status,
+        jobs_t.c.attempt,
+        jobs_t.c.retry_count,
+        jobs_t.c.max_retries,
+        jobs_t.c.node_id,
+        nodes_t.c.name.label("node_name"),
+        jobs_t.c.timeout_at,
+    ]
+
+
+def _active(row: Any) -> ActiveJob:
+    return ActiveJob(
+        id=row.id,
+        name=row.name,
+        status=JobStatus(row.status),
+        attempt=row.attempt,
+        retry_count=row.retry_count,
+        max_retries=row.max_retries,
+        node_id=row.node_id,
+        node_name=row.node_name,
+        timeout_at=row.timeout_at,
+    )
+
+
+def ready_nodes(session: Session) -> list[tuple[int, str, datetime | None]]:
+    """(id, name, last_heartbeat) of every ready node."""
+    rows = session.execute(
+        sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.last_heartbeat).where(
+            nodes_t.c.status == str(NodeStatus.READY)
+        )
+    )
+    return [(r.id, r.name, r.last_heartbeat) for r in rows]
+
+
+def jobs_on_lost_nodes(session: Session) -> list[ActiveJob]:
+    """Assigned or running jobs whose node is dead or gone."""
+    statement = (
+        sa.select(*_active_columns())
+        .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
+        .where(
+            jobs_t.c.status.in_(ACTIVE),
+            sa.or_(nodes_t.c.status == str(NodeStatus.DEAD), jobs_t.c.node_id.is_(None)),
+        )
+        .order_by(jobs_t.c.id)
+    )
+    return [_active(r) for r in session.execute(statement)]
+
+
+def timed_out_jobs(session: Session, now: datetime) -> list[ActiveJob]:
+    """Assigned or running jobs strictly past their timeout (assign timeout or stall limit)."""
+    statement = (
+        sa.select(*_active_columns())
+        .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
+        .where(jobs_t.c.status.in_(ACTIVE), jobs_t.c.timeout_at < now)
+        .order_by(jobs_t.c.id)
+    )
+    return [_active(r) for r in session.execute(statement)]
+
+
+def active_jobs_on_node(session: Session, node_id: int) -> list[ActiveJob]:
+    """Assigned and running jobs bound to one node."""
+    statement = (
+        sa.select(*_active_columns())
+        .select_from(jobs_t.join(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
+        .where(jobs_t.c.node_id == node_id, jobs_t.c.status.in_(ACTIVE))
+        .order_by(jobs_t.c.id)
+    )
+    return [_active(r) for r in session.execute(statement)]
+
+
+def scenarios_by_name(session: Session, names: Sequence[str] | None = None) -> dict[str, ScenarioInfo]:
+    """Scenarios by name (all of them, or the given names)."""
+    statement = sa.select(
+        scenarios_t.c.name,
+        scenarios_t.c.command,
+        scenarios_t.c.defaults,
+        scenarios_t.c.requires,
+        scenarios_t.c.expected_duration_seconds,
+    )
+    if names is not None:
+        statement = statement.where(scenarios_t.c.name.in_(list(names)))
+    return {
+        r.name: ScenarioInfo(r.name, r.command, r.defaults, r.requires, r.expected_duration_seconds)
+        for r in session.execute(statement)
+    }
+
+
+def _node_state(row: Any) -> NodeState:
+    labels = dict(row.reported_labels or {})
+    labels.update(row.labels or {})
+    return NodeState(
+        id=row.id,
+        name=row.name,
+        status=NodeStatus(row.status),
+        slots=row.slots,
+        unschedulable=row.unschedulable,
+        labels=labels,
+        last_heartbeat=row.last_heartbeat,
+    )
+
+
+def schedulable_nodes(
+    session: Session, only: int | None = None, lock: bool = False
+) -> list[NodeState]:
+    """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked."""
+    statement = (
+        sa.select(nodes_t)
+        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False))
+        .order_by(nodes_t.c.id)
+    )
+    if only is not None:
+        statement = statement.where(nodes_t.c.id == only)
+    if lock and session.connection().dialect.name == "postgresql":
+        statement = statement.with_for_update(of=nodes_t)
+    return [_node_state(r) for r in session.execute(statement)]
+
+
+def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> dict[int, int]:
+    """Assigned plus running jobs per node id."""
+    statement = (
+        sa.select(jobs_t.c.node_id, sa.func.count())
+        .where(jobs_t.c.status.in_(ACTIVE), jobs_t.c.node_id.is_not(None))
+        .group_by(jobs_t.c.node_id)
+    )
+    if node_ids is not None:
+        statement = statement.where(jobs_t.c.node_id.in_(list(node_ids)))
+    return {node_id: count for node_id, count in session.execute(statement).tuples()}
+
+
+_PENDING_COLUMNS = (
+    jobs_t.c.id,
+    jobs_t.c.name,
+    jobs_t.c.priority,
+    jobs_t.c.created_at,
+    jobs_t.c.attempt,
+    jobs_t.c.scenario_name,
+    jobs_t.c.parameters,
+    jobs_t.c.node_selector,
+    jobs_t.c.not_before,
+    jobs_t.c.suspend,
+    jobs_t.c.reason,
+)
+
+
+def pending_run(
+    session: Session, priority: Priority, batch: int = 500, lock: bool = False
+) -> Generator[PendingJob]:
+    """Pending jobs of one class in `createdAt, name` order, read lazily in keyset batches."""
+    after: tuple[datetime, str] | None = None
+    postgres = session.connection().dialect.name == "postgresql"
+    while True:
+        statement = (
+            sa.select(*_PENDING_COLUMNS)
+            .where(jobs_t.c.status == str(JobStatus.PENDING), jobs_t.c.priority == priority.rank)
+            .order_by(jobs_t.c.created_at, jobs_t.c.name)
+            .limit(batch)
+        )
+        if after is not None:
+            statement = statement.where(
+                sa.tuple_(jobs_t.c.created_at, jobs_t.c.name) > sa.tuple_(*after)
+            )
+        if lock and postgres:
+            statement = statement.with_for_update(skip_locked=True)
+        rows = session.execute(statement).all()
+        for r in rows:
+            yield PendingJob(
+                name=r.name,
+                priority=priority,
+                created_at=r.created_at,
+                id=r.id,
+                attempt=r.attempt,
+                scenario_name=r.scenario_name,
+                parameters=r.parameters,
+                node_selector=r.node_selector,
+                not_before=r.not_before,
+                suspend=r.suspend,
+                reason=r.reason,
+            )
+        if len(rows) < batch:
+            return
+        after = (rows[-1].created_at, rows[-1].name)
+
+
+def set_job_reasons(
+    session: Session, changes: Sequence[tuple[int, str | None, str | None]], now: datetime
+) -> None:
+    """Set (id, reason, message) of pending jobs that are waiting (no status change)."""
+    if not changes:
+        return
+    session.execute(
+        sa.update(jobs_t)
+        .where(jobs_t.c.id == sa.bindparam("w_id"), jobs_t.c.status == str(JobStatus.PENDING))
+        .values(reason=sa.bindparam("v_reason"), message=sa.bindparam("v_message"), updated_at=now),
+        [{"w_id": i, "v_reason": r, "v_message": m} for i, r, m in changes],
+    )
+
+
+def attempt_row(session: Session, job_id: int, attempt: int) -> Any:
+    """The history row of one attempt, or None."""
+    return session.execute(
+        sa.select(attempts_t).where(attempts_t.c.job_id == job_id, attempts_t.c.attempt == attempt)
+    ).first()
+
+
+def node_by_name(session: Session, name: str, lock: bool = False) -> Any:
+    """The node row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
+    statement = sa.select(nodes_t).where(nodes_t.c.name == name)
+    if lock and session.connection().dialect.name == "postgresql":
+        statement = statement.with_for_update()
+    return session.execute(statement).first()
+
+
+def job_by_name(session: Session, name: str, lock: bool = False) -> Any:
+    """The job row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
+    statement = sa.select(jobs_t).where(jobs_t.c.name == name)
+    if lock and session.connection().dialect.name == "postgresql":
+        statement = statement.with_for_update()
+    return session.execute(statement).first()
+

@@ -1,0 +1,1 @@
+"""Alembic migrations of the ffrtmp schema (shipped as `controller._migrations`)."""
