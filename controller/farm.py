@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlmodel import Session
 
 from controller.config import ControllerConfig
@@ -32,6 +33,7 @@ from controller.store.transitions import (
     NodeTransition,
     apply_job_transitions,
     apply_node_transitions,
+    attempts_t,
     jobs_t,
     nodes_t,
 )
@@ -115,6 +117,8 @@ class Farm:
     config: ControllerConfig
     on_change: Callable[[], None] | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    on_started: Callable[[str, datetime, datetime], None] | None = None
+    """Called once per job, when its first attempt starts: (job, createdAt, startedAt)."""
 
     def _now(self, now: datetime | None) -> datetime:
         return now if now is not None else self.clock()
@@ -171,6 +175,41 @@ class Farm:
                 raise InvalidRequest(result.error or "invalid job")
         self._changed()
         return job_name
+
+    def patch_job(
+        self, name: str, patch: Mapping[str, Any], client_id: str | None = None,
+        now: datetime | None = None,
+    ) -> ObjectResult:
+        """Apply a JSON merge patch of spec fields (and `labels`) to a job (`PATCH /jobs/{name}`)."""
+        at = self._now(now)
+        with self.store.write() as session:
+            row = self._job(session, name)
+            body = job_manifest_body(row)
+            labels_patch = patch.get("labels", {}) if "labels" in patch else None
+            spec_patch = {k: v for k, v in patch.items() if k != "labels"}
+            body["spec"] = merge_patch(body["spec"], spec_patch)
+            if labels_patch is not None:
+                body["metadata"]["labels"] = merge_patch(body["metadata"]["labels"], labels_patch or {})
+            try:
+                manifest = JobManifest.model_validate(body)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise InvalidRequest(f"{where}: {first['msg']}") from exc
+            (result,) = apply_objects(session, [manifest], Origin("api", None, client_id), at,
+                                      self.config)
+            if result.result is Outcome.ERROR:
+                raise (Conflict if result.conflict else InvalidRequest)(result.error or "refused")
+        if result.result is Outcome.CONFIGURED:
+            self._changed()
+        return result
+
+    def set_priority(
+        self, name: str, priority: Priority | str, client_id: str | None = None,
+        now: datetime | None = None,
+    ) -> ObjectResult:
+        """Change a job's priority class."""
+        return self.patch_job(name, {"priority": str(Priority(priority))}, client_id, now)
 
     # --- job lifecycle by operators -----------------------------------------------------------
 
@@ -367,6 +406,7 @@ class Farm:
             raise InvalidRequest(f"state must be one of {', '.join(REPORT_STATES)}")
         at = self._now(now)
         stale: str | None = None
+        first_start = False
         with self.store.write() as session:
             row = self._job(session, job)
             node_name = self._node_name(session, row.node_id)
@@ -381,6 +421,9 @@ class Farm:
                     session, row, node_name, state, exit_code, message, log_tail, result, reason, at
                 )
                 apply_job_transitions(session, transitions, at, client_id)
+                first_start = any(t.to_status is JobStatus.RUNNING for t in transitions) and (
+                    self.on_started is not None and not self._started_before(session, row)
+                )
                 final = transitions[-1].to_status if transitions else status
                 outcome = ReportResult(job, attempt, str(final), applied=bool(transitions))
             elif self._duplicate(session, row, attempt, state):
@@ -396,9 +439,20 @@ class Farm:
         if stale is not None:
             log.warning("[FaultTolerance] Refused stale report: %s", stale)
             raise StaleAttempt(stale)
+        if first_start and self.on_started is not None:
+            self.on_started(job, row.created_at, at)
         if outcome.applied:
             self._changed()
         return outcome
+
+    @staticmethod
+    def _started_before(session: Session, row: Any) -> bool:
+        """True when an earlier attempt of the job already started running."""
+        return session.execute(
+            sa.select(sa.exists().where(attempts_t.c.job_id == row.id,
+                                        attempts_t.c.attempt != row.attempt,
+                                        attempts_t.c.started_at.is_not(None)))
+        ).scalar() is True
 
     def _report_transitions(
         self, session: Session, row: Any, node_name: str | None, state: str,
@@ -454,7 +508,8 @@ class Farm:
         if history is None:
             return False
         if state == "running":
-            return bool(history.status == "running" and row.attempt == attempt)
+            # A late copy of a `running` report after the attempt completed is harmless.
+            return bool(history.status in ("running", "completed"))
         if state == "completed":
             return bool(history.status == "completed")
         if state == "released":
@@ -480,6 +535,43 @@ class Farm:
         if node_id is None:
             return None
         return session.execute(sa.select(nodes_t.c.name).where(nodes_t.c.id == node_id)).scalar()
+
+
+def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """RFC 7396 JSON merge patch: mappings merge, null removes, anything else replaces."""
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_patch(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def job_manifest_body(row: Any) -> dict[str, Any]:
+    """The Job manifest (camelCase mapping) that a jobs row declares."""
+    spec: dict[str, Any] = {
+        "scenario": row.scenario_name,
+        "parameters": dict(row.parameters),
+        "priority": str(Priority.from_rank(row.priority)),
+        "nodeSelector": dict(row.node_selector),
+        "suspend": row.suspend,
+        "retryPolicy": {"failOnExitCodes": list(row.fail_on_exit_codes)},
+    }
+    optional = {
+        "maxRetries": row.max_retries,
+        "expectedDurationSeconds": row.expected_duration_seconds,
+        "activeDeadlineSeconds": row.active_deadline_seconds,
+    }
+    spec.update({k: v for k, v in optional.items() if v is not None})
+    return {
+        "apiVersion": "ffrtmp.io/v1",
+        "kind": "Job",
+        "metadata": {"name": row.name, "labels": dict(row.labels)},
+        "spec": spec,
+    }
 
 
 def delete_job_row(

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
@@ -108,6 +108,8 @@ def schedule(
     With `only_node`, only that node is filled (the heartbeat path); the rules are
     the same. A job that fits no node is skipped and never blocks the ones behind it.
     """
+    if not queries.any_pending(session):
+        return []
     nodes = queries.schedulable_nodes(session, only=only_node, lock=True)
     if not nodes:
         return []
@@ -211,17 +213,23 @@ class Reconciler:
     def check_liveness(self, now: datetime, result: PassResult) -> None:
         """Declare overdue ready nodes dead, unless the mass-failure guard holds them back."""
         ft = self.config.fault_tolerance
+        cutoff = now - timedelta(seconds=ft.node_timeout_seconds)
+        if self.started_at >= cutoff:
+            # Within the start-time grace no node can be overdue: nothing to read.
+            self.episode_started_at = None
+            return
         with self.store.write() as session:
-            ready = queries.ready_nodes(session)
-            ids = {name: node_id for node_id, name, _ in ready}
+            silent = queries.silent_ready_nodes(session, cutoff)
+            ready_count = queries.count_ready_nodes(session) if silent else 0
+            ids = {name: node_id for node_id, name, _ in silent}
             decision = decide_liveness(
-                [NodeBeat(name, beat) for _, name, beat in ready],
-                now, self.started_at, ft, self.episode_started_at,
+                [NodeBeat(name, beat) for _, name, beat in silent],
+                now, self.started_at, ft, self.episode_started_at, ready_count,
             )
             if decision.episode_began:
                 write_audit(
                     session, "controller.mass_failure_suspected", "controller", "controller",
-                    {"overdue": list(decision.held_back), "ready": len(ready),
+                    {"overdue": list(decision.held_back), "ready": ready_count,
                      "threshold": ft.mass_failure_threshold,
                      "holdSeconds": ft.mass_failure_hold_seconds},
                     now,
@@ -235,7 +243,7 @@ class Reconciler:
         if decision.episode_began:
             log.warning(
                 "[FaultTolerance] Mass failure suspected: %d of %d ready nodes missed heartbeats; "
-                "holding deaths back for %gs", len(decision.held_back), len(ready),
+                "holding deaths back for %gs", len(decision.held_back), ready_count,
                 ft.mass_failure_hold_seconds,
             )
         self.episode_started_at = decision.episode_started_at

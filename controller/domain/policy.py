@@ -128,12 +128,17 @@ def decide_liveness(
     started_at: datetime,
     config: FaultToleranceConfig,
     episode_started_at: datetime | None,
+    ready_count: int | None = None,
 ) -> LivenessDecision:
-    """Which ready nodes die in this pass, with the mass-failure guard applied."""
+    """Which ready nodes die in this pass, with the mass-failure guard applied.
+
+    `ready` may be only the candidates (nodes silent long enough to be overdue);
+    `ready_count` is then the number of ready nodes before the pass.
+    """
     late = tuple(sorted(n.name for n in ready if overdue(n, now, started_at, config)))
     if not late:
         return LivenessDecision((), (), None, False)
-    ratio = len(late) / len(ready)
+    ratio = len(late) / (ready_count if ready_count is not None else len(ready))
     suspicious = ratio > config.mass_failure_threshold and len(late) >= config.mass_failure_min_nodes
     if not suspicious:
         return LivenessDecision(late, (), None, False)

@@ -105,28 +105,51 @@ def _active(row: Any) -> ActiveJob:
     )
 
 
-def ready_nodes(session: Session) -> list[tuple[int, str, datetime | None]]:
-    """(id, name, last_heartbeat) of every ready node."""
+def silent_ready_nodes(session: Session, cutoff: datetime) -> list[tuple[int, str, datetime | None]]:
+    """(id, name, last_heartbeat) of ready nodes not heard from since `cutoff` (index scan)."""
     rows = session.execute(
         sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.last_heartbeat).where(
-            nodes_t.c.status == str(NodeStatus.READY)
+            nodes_t.c.status == str(NodeStatus.READY),
+            sa.or_(nodes_t.c.last_heartbeat < cutoff, nodes_t.c.last_heartbeat.is_(None)),
         )
     )
     return [(r.id, r.name, r.last_heartbeat) for r in rows]
 
 
+def count_ready_nodes(session: Session) -> int:
+    """How many nodes are ready."""
+    return int(
+        session.execute(
+            sa.select(sa.func.count()).select_from(nodes_t).where(nodes_t.c.status == str(NodeStatus.READY))
+        ).scalar_one()
+    )
+
+
+def any_pending(session: Session) -> bool:
+    """True when at least one job is pending (a probe of the queue index)."""
+    return session.execute(
+        sa.select(jobs_t.c.id).where(jobs_t.c.status == str(JobStatus.PENDING)).limit(1)
+    ).first() is not None
+
+
 def jobs_on_lost_nodes(session: Session) -> list[ActiveJob]:
-    """Assigned or running jobs whose node is dead or gone."""
-    statement = (
+    """Assigned or running jobs whose node is dead or gone.
+
+    Driven from the dead nodes (few) into `idx_jobs_node_status`, so the cost does
+    not grow with the number of running jobs.
+    """
+    on_dead = (
+        sa.select(*_active_columns())
+        .select_from(nodes_t.join(jobs_t, jobs_t.c.node_id == nodes_t.c.id))
+        .where(nodes_t.c.status == str(NodeStatus.DEAD), jobs_t.c.status.in_(ACTIVE))
+    )
+    orphans = (
         sa.select(*_active_columns())
         .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
-        .where(
-            jobs_t.c.status.in_(ACTIVE),
-            sa.or_(nodes_t.c.status == str(NodeStatus.DEAD), jobs_t.c.node_id.is_(None)),
-        )
-        .order_by(jobs_t.c.id)
+        .where(jobs_t.c.node_id.is_(None), jobs_t.c.status.in_(ACTIVE))
     )
-    return [_active(r) for r in session.execute(statement)]
+    rows = [*session.execute(on_dead), *session.execute(orphans)]
+    return sorted((_active(r) for r in rows), key=lambda j: j.id)
 
 
 def timed_out_jobs(session: Session, now: datetime) -> list[ActiveJob]:
@@ -207,7 +230,7 @@ def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> di
     )
     if node_ids is not None:
         statement = statement.where(jobs_t.c.node_id.in_(list(node_ids)))
-    return {node_id: count for node_id, count in session.execute(statement).tuples()}
+    return {row[0]: row[1] for row in session.execute(statement)}
 
 
 _PENDING_COLUMNS = (

@@ -215,7 +215,8 @@ def apply_job_transitions(
             )
             .values({c: sa.bindparam(f"v_{c}") for c in columns})
         )
-        _execute_guarded(session, statement, params, "attempt history")
+        # Unguarded: history is a record, and a missing row must never block a requeue.
+        session.execute(statement, params)
 
     write_audit_many(session, [_job_audit(t, now, client_id) for t in transitions])
 

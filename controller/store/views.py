@@ -253,7 +253,7 @@ def _running_counts(session: Session, node_ids: Sequence[int]) -> dict[int, int]
         .where(jobs_t.c.node_id.in_(list(node_ids)), jobs_t.c.status.in_(ACTIVE))
         .group_by(jobs_t.c.node_id)
     )
-    return {node_id: count for node_id, count in rows.tuples()}
+    return {row[0]: row[1] for row in rows}
 
 
 def get_node(session: Session, name: str) -> NodeView | None:
@@ -314,17 +314,15 @@ def list_audit(
 def queue_stats(session: Session) -> dict[str, Any]:
     """Totals by status and pending jobs by class (the `GET /queue/stats` shape)."""
     by_status = dict.fromkeys((str(s) for s in JobStatus), 0)
-    for status, count in session.execute(
-        sa.select(jobs_t.c.status, sa.func.count()).group_by(jobs_t.c.status)
-    ).tuples():
-        by_status[status] = count
+    for row in session.execute(sa.select(jobs_t.c.status, sa.func.count()).group_by(jobs_t.c.status)):
+        by_status[row[0]] = row[1]
     by_priority = dict.fromkeys((str(p) for p in Priority), 0)
-    for rank, count in session.execute(
+    for row in session.execute(
         sa.select(jobs_t.c.priority, sa.func.count())
         .where(jobs_t.c.status == str(JobStatus.PENDING))
         .group_by(jobs_t.c.priority)
-    ).tuples():
-        by_priority[str(Priority.from_rank(rank))] = count
+    ):
+        by_priority[str(Priority.from_rank(row[0]))] = row[1]
     out: dict[str, Any] = {f"total{s.title()}": by_status[s] for s in (str(x) for x in JobStatus)}
     out["byPriority"] = by_priority
     return out

@@ -1,0 +1,118 @@
+"""The one door, the pass and the worker protocol on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from controller.config import ControllerConfig
+from controller.domain.states import JobStatus, Priority, Reason, TransitionRefused
+from controller.farm import Farm
+from controller.manifests.validate import validate_texts
+from controller.reconcile import Reconciler
+from controller.sources.apply import Origin
+from controller.store import queries, views
+from controller.store.engine import Store
+from controller.store.models import AuditLog, Job
+from controller.store.transitions import ConcurrentChange, JobTransition, apply_job_transitions
+
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+CONFIG = ControllerConfig()
+MANIFESTS = """
+apiVersion: ffrtmp.io/v1
+kind: Scenario
+metadata: {name: enc}
+spec: {command: [sleep, "{seconds}"], defaults: {seconds: 1}, expectedDurationSeconds: 10}
+""" + "".join(
+    f"---\napiVersion: ffrtmp.io/v1\nkind: Job\nmetadata: {{name: j{i}}}\nspec: {{scenario: enc, priority: {p}}}\n"
+    for i, p in enumerate(["batch", "live", "medium", "high"])
+)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def seeded(store: Store) -> Farm:
+    farm = Farm(store, CONFIG, clock=lambda: T0)
+    report = validate_texts({"m.yaml": MANIFESTS})
+    assert not report.problems
+    farm.apply([o.manifest for o in report.objects], Origin("api"), now=T0)
+    return farm
+
+
+def count(store: Store, table: type) -> int:
+    with store.read() as session:
+        return int(session.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def job_row(store: Store, name: str) -> sa.Row[tuple[int, str, int]]:
+    with store.read() as session:
+        return session.execute(
+            sa.select(Job.id, Job.status, Job.attempt).where(Job.name == name)  # type: ignore[call-overload]
+        ).one()
+
+
+def test_forbidden_transition_is_refused_and_writes_nothing(store: Store) -> None:
+    seeded(store)
+    row = job_row(store, "j0")
+    audits = count(store, AuditLog)
+    with pytest.raises(TransitionRefused), store.write() as session:
+        apply_job_transitions(
+            session, [JobTransition(row.id, "j0", JobStatus.PENDING, JobStatus.COMPLETED, "x", 0)], at(1)
+        )
+    assert job_row(store, "j0").status == "pending"
+    assert count(store, AuditLog) == audits
+
+
+def test_stale_observation_aborts_the_whole_transaction(store: Store) -> None:
+    seeded(store)
+    a, b = job_row(store, "j0"), job_row(store, "j1")
+    audits = count(store, AuditLog)
+    with pytest.raises(ConcurrentChange), store.write() as session:
+        apply_job_transitions(
+            session,
+            [
+                JobTransition(a.id, "j0", JobStatus.PENDING, JobStatus.CANCELLED, str(Reason.CANCELLED), 0),
+                # Observed as running, but it is pending: someone else changed it.
+                JobTransition(b.id, "j1", JobStatus.RUNNING, JobStatus.CANCELLED, str(Reason.CANCELLED), 0),
+            ],
+            at(1),
+        )
+    assert job_row(store, "j0").status == "pending"  # the first one rolled back too
+    assert count(store, AuditLog) == audits
+
+
+def test_pass_schedules_fails_over_and_audits_on_both_engines(store: Store) -> None:
+    farm = seeded(store)
+    reconciler = Reconciler(store, CONFIG, started_at=T0)
+    farm.heartbeat("w1", slots=2, now=at(0))  # the heartbeat path binds the two most urgent
+    with store.read() as session:
+        assigned = sorted(j.name for j in views.list_jobs(session, CONFIG, status="assigned")[0])
+    assert assigned == ["j1", "j3"]  # live, high
+    farm.report("j1", 1, "running", now=at(1))
+    farm.heartbeat("w2", slots=1, now=at(1))
+    result = reconciler.reconcile(at(60.5))  # w1 silent since 0: dead; w2 beat at 1: alive
+    assert result.dead_nodes == ["w1"]
+    assert sorted(result.requeued) == ["j1", "j3"]
+    with store.read() as session:
+        j1 = views.get_job(session, "j1", CONFIG)
+        chain = [e.details["to"] for e in views.list_audit(session, "job", "j1", "job.transition")[0]]
+    assert j1 is not None and (j1.status, j1.reason, j1.retry_count) == ("pending", "NodeLost", 1)
+    assert chain == ["assigned", "running", "pending"]
+    assert [a.status for a in j1.attempts] == ["requeued"]
+
+
+def test_pending_queue_scan_reads_in_batches(store: Store) -> None:
+    farm = seeded(store)
+    with store.read() as session:
+        names = [j.name for j in queries.pending_run(session, Priority.LIVE, batch=1)]
+        everything = [j.name for p in Priority for j in queries.pending_run(session, p, batch=1)]
+    assert names == ["j1"]
+    assert everything == ["j1", "j3", "j2", "j0"]
+    farm.heartbeat("w1", slots=10, now=at(0))
+    with store.read() as session:
+        stats = views.queue_stats(session)
+    assert stats["totalAssigned"] == 4 and stats["totalPending"] == 0
