@@ -23,6 +23,12 @@ scenarios_t: sa.Table = Scenario.__table__  # type: ignore[attr-defined]
 
 ACTIVE = (str(JobStatus.ASSIGNED), str(JobStatus.RUNNING))
 
+# Written as literals, exactly as in the partial indexes' WHERE clauses: SQLite (and a
+# PostgreSQL generic plan) can only use a partial index when the query's condition
+# implies the index's, which a bound parameter never does.
+IS_PENDING = sa.text("jobs.status = 'pending'")
+IS_ACTIVE = sa.text("jobs.status IN ('assigned', 'running')")
+
 
 @dataclass(frozen=True, slots=True)
 class ActiveJob:
@@ -74,7 +80,6 @@ class NodeState:
     slots: int
     unschedulable: bool
     labels: dict[str, str]
-    last_heartbeat: datetime | None
 
 
 def _active_columns() -> list[Any]:
@@ -106,11 +111,13 @@ def _active(row: Any) -> ActiveJob:
 
 
 def silent_ready_nodes(session: Session, cutoff: datetime) -> list[tuple[int, str, datetime | None]]:
-    """(id, name, last_heartbeat) of ready nodes not heard from since `cutoff` (index scan)."""
+    """(id, name, last_heartbeat) of ready nodes not heard from since `cutoff` (index range scan).
+
+    A ready node always has a heartbeat: the heartbeat that made it ready wrote it.
+    """
     rows = session.execute(
         sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.last_heartbeat).where(
-            nodes_t.c.status == str(NodeStatus.READY),
-            sa.or_(nodes_t.c.last_heartbeat < cutoff, nodes_t.c.last_heartbeat.is_(None)),
+            nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.last_heartbeat < cutoff
         )
     )
     return [(r.id, r.name, r.last_heartbeat) for r in rows]
@@ -128,7 +135,7 @@ def count_ready_nodes(session: Session) -> int:
 def any_pending(session: Session) -> bool:
     """True when at least one job is pending (a probe of the queue index)."""
     return session.execute(
-        sa.select(jobs_t.c.id).where(jobs_t.c.status == str(JobStatus.PENDING)).limit(1)
+        sa.select(jobs_t.c.id).where(IS_PENDING).limit(1)
     ).first() is not None
 
 
@@ -157,7 +164,7 @@ def timed_out_jobs(session: Session, now: datetime) -> list[ActiveJob]:
     statement = (
         sa.select(*_active_columns())
         .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
-        .where(jobs_t.c.status.in_(ACTIVE), jobs_t.c.timeout_at < now)
+        .where(IS_ACTIVE, jobs_t.c.timeout_at < now)
         .order_by(jobs_t.c.id)
     )
     return [_active(r) for r in session.execute(statement)]
@@ -201,7 +208,6 @@ def _node_state(row: Any) -> NodeState:
         slots=row.slots,
         unschedulable=row.unschedulable,
         labels=labels,
-        last_heartbeat=row.last_heartbeat,
     )
 
 
@@ -210,7 +216,8 @@ def schedulable_nodes(
 ) -> list[NodeState]:
     """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked."""
     statement = (
-        sa.select(nodes_t)
+        sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.status, nodes_t.c.slots,
+                  nodes_t.c.unschedulable, nodes_t.c.labels, nodes_t.c.reported_labels)
         .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False))
         .order_by(nodes_t.c.id)
     )
@@ -257,7 +264,7 @@ def pending_run(
     while True:
         statement = (
             sa.select(*_PENDING_COLUMNS)
-            .where(jobs_t.c.status == str(JobStatus.PENDING), jobs_t.c.priority == priority.rank)
+            .where(IS_PENDING, jobs_t.c.priority == priority.rank)
             .order_by(jobs_t.c.created_at, jobs_t.c.name)
             .limit(batch)
         )

@@ -83,12 +83,11 @@ def _job_values(t: JobTransition, now: datetime) -> dict[str, Any]:
     }
     to, source = t.to_status, t.from_status
     if to is JobStatus.ASSIGNED:
+        # started_at/finished_at are already empty: every way into pending clears them.
         values.update(
             node_id=t.node_id,
             attempt=t.attempt + 1,
             assigned_at=now,
-            started_at=None,
-            finished_at=None,
             timeout_at=t.timeout_at,
             not_before=None,
         )
