@@ -161,3 +161,21 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+# Commands in modules of their own; imported last, as they use the options above.
+from controller.cli import client_cmds, serve, tokens, worker_cmd  # noqa: E402
+
+app.command("controller")(serve.controller)
+app.add_typer(tokens.token_app, name="token")
+app.command("worker")(worker_cmd.worker)
+app.command("apply")(client_cmds.apply)
+app.command("diff")(client_cmds.diff)
+app.add_typer(client_cmds.delete_app, name="delete")
+app.add_typer(client_cmds.get_app, name="get")
+app.add_typer(client_cmds.describe_app, name="describe")
+app.add_typer(client_cmds.jobs_app, name="jobs")
+app.command("logs")(client_cmds.logs)
+app.add_typer(client_cmds.wait_app, name="wait")
+app.add_typer(client_cmds.queue_app, name="queue")
+app.command("audit")(client_cmds.audit)

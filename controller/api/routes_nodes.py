@@ -1,0 +1,192 @@
+"""Nodes and the worker protocol: heartbeats (long-poll) and fenced attempt reports."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from controller.api.context import (
+    ApiContext,
+    Ctx,
+    Cursor,
+    Limit,
+    ObjectName,
+    decode_cursor,
+    encode_cursor,
+)
+from controller.api.schemas import (
+    INT32,
+    AssignmentOut,
+    AttemptRefOut,
+    ErrorBody,
+    HeartbeatIn,
+    HeartbeatOut,
+    NodeOut,
+    Page,
+    ReportIn,
+    ReportOut,
+)
+from controller.api.security import require
+from controller.auth.errors import PermissionDenied
+from controller.auth.roles import Permission, Principal, Role
+from controller.domain.states import NodeStatus
+from controller.farm import HeartbeatReply, NotFound
+from controller.store import views
+
+router = APIRouter()
+
+Reader = Annotated[Principal, require(Permission.READ)]
+Worker = Annotated[Principal, require(Permission.WORKER_REPORT)]
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No such node."}}
+
+
+@router.get("/nodes", response_model=Page[NodeOut], tags=["nodes"], summary="List nodes")
+def list_nodes(
+    ctx: Ctx, _: Reader, status: Annotated[NodeStatus | None, Query()] = None,
+    limit: Limit = 100, cursor: Cursor = None,
+) -> Page[NodeOut]:
+    """Nodes by registration, filtered by status."""
+    with ctx.store.read() as session:
+        items, after = views.list_nodes(session, status=status, limit=limit,
+                                        after_id=decode_cursor(cursor))
+    return Page[NodeOut](items=[NodeOut.model_validate(v) for v in items],
+                         next=encode_cursor(after) if after is not None else None)
+
+
+@router.get("/nodes/{name}", response_model=NodeOut, responses=_NOT_FOUND, tags=["nodes"],
+            summary="Read a node")
+def get_node(name: ObjectName, ctx: Ctx, _: Reader) -> NodeOut:
+    """One node."""
+    with ctx.store.read() as session:
+        view = views.get_node(session, name)
+    if view is None:
+        raise NotFound(f"node {name!r} not found")
+    return NodeOut.model_validate(view)
+
+
+@router.delete(
+    "/nodes/{name}", status_code=204, response_class=Response, tags=["nodes"], summary="Delete a node",
+    responses={**_NOT_FOUND, 409: {"model": ErrorBody, "description": "Owned by a manifest file."}},
+)
+def delete_node(
+    name: ObjectName, ctx: Ctx, principal: Annotated[Principal, require(Permission.WRITE_NODES)]
+) -> Response:
+    """Remove a node; its assigned and running jobs are requeued as if it died."""
+    ctx.farm.delete_node(name, client_id=principal.client_id)
+    return Response(status_code=204)
+
+
+def _heartbeat_out(reply: HeartbeatReply) -> HeartbeatOut:
+    return HeartbeatOut(
+        assignments=[AssignmentOut.model_validate(a) for a in reply.assignments],
+        cancel=[AttemptRefOut(job=j, attempt=a) for j, a in reply.cancel],
+        heartbeat_interval_seconds=reply.heartbeat_interval_seconds,
+    )
+
+
+@router.post(
+    "/nodes/{name}/heartbeat", response_model=HeartbeatOut, tags=["worker protocol"],
+    summary="Heartbeat (long-poll)",
+    responses={403: {"model": ErrorBody, "description": "A worker token of another node."},
+               404: {"model": ErrorBody, "description": "Undeclared node, autoRegister off."}},
+)
+async def heartbeat(
+    name: ObjectName,
+    body: HeartbeatIn,
+    ctx: Ctx,
+    principal: Worker,
+    wait_seconds: Annotated[
+        float,
+        Query(
+            alias="waitSeconds", ge=0, allow_inf_nan=False,
+            description="Long-poll: with nothing to start or stop, hold the answer up to this "
+            "many seconds (capped at the heartbeat interval) until work is scheduled for this "
+            "node. 0 (default) answers at once.",
+        ),
+    ] = 0.0,
+) -> HeartbeatOut:
+    """Record the beat, fence what the worker holds, schedule for this node and answer."""
+    principal.require(Permission.WORKER_REPORT, name)
+    ctx.metrics.heartbeats.inc()
+    running = [(r.job, r.attempt) for r in body.running] if body.running is not None else None
+    beat = partial(ctx.farm.heartbeat, name, body.slots, body.labels, running,
+                   client_id=principal.client_id)
+    wait = min(wait_seconds, ctx.config.nodes.heartbeat_interval_seconds)
+    if wait <= 0 or ctx.stopping():
+        return _heartbeat_out(await run_in_threadpool(beat))
+    return _heartbeat_out(await _long_poll(ctx, name, body, running, beat, wait))
+
+
+async def _long_poll(
+    ctx: ApiContext, name: str, body: HeartbeatIn, running: list[tuple[str, int]] | None,
+    beat: partial[HeartbeatReply], wait: float,
+) -> HeartbeatReply:
+    """Beat; while there is nothing to do, wait for a wake-up and beat again (until `wait`)."""
+    free = body.slots is None or len(running or ()) < body.slots
+    # Registered before the first beat: a change committed while it runs still wakes us.
+    waiter = ctx.notifier.register(name, free)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    try:
+        reply = await run_in_threadpool(beat)
+        while not (reply.assignments or reply.cancel):
+            remaining = deadline - loop.time()
+            if remaining <= 0 or ctx.notifier.closed:
+                break
+            if not await ctx.notifier.wait(waiter, remaining) or ctx.notifier.closed:
+                break
+            ctx.notifier.rearm(waiter)
+            reply = await run_in_threadpool(beat)
+        return reply
+    finally:
+        ctx.notifier.unregister(waiter)
+
+
+def _attempt_node(ctx: ApiContext, job: str, attempt: int) -> str | None:
+    with ctx.store.read() as session:
+        view = views.get_job(session, job, ctx.config)
+    if view is None:
+        raise NotFound(f"job {job!r} not found")
+    return next((a.node for a in view.attempts if a.attempt == attempt), None)
+
+
+@router.post(
+    "/jobs/{name}/attempts/{attempt}", response_model=ReportOut, tags=["worker protocol"],
+    summary="Report on an attempt",
+    responses={
+        403: {"model": ErrorBody, "description": "A worker token of another node."},
+        404: {"model": ErrorBody, "description": "No such job."},
+        409: {"model": ErrorBody, "description": "Stale attempt (fenced): nothing changed."},
+    },
+)
+def report(
+    name: ObjectName,
+    attempt: Annotated[int, Path(ge=1, le=INT32)],
+    body: ReportIn,
+    ctx: Ctx,
+    principal: Worker,
+) -> ReportOut:
+    """Apply a worker's report: fenced by attempt (409 when stale) and idempotent."""
+    node = body.node
+    if principal.role is Role.WORKER:
+        if node is not None and node != principal.node:
+            raise PermissionDenied(f"worker token of node {principal.node!r} may not report as {node!r}")
+        node = principal.node
+        owner = _attempt_node(ctx, name, attempt)
+        if owner is not None and owner != principal.node:
+            raise PermissionDenied(
+                f"attempt {attempt} of job {name!r} ran on node {owner!r}, not {principal.node!r}"
+            )
+    outcome = ctx.farm.report(
+        name, attempt, body.state, exit_code=body.exit_code, message=body.message,
+        log_tail=body.log_tail, result=body.result, reason=body.reason, node=node,
+        client_id=principal.client_id,
+    )
+    if outcome.applied and outcome.status == "failed":
+        ctx.metrics.failed_jobs.inc()
+    return ReportOut(job=outcome.job, attempt=outcome.attempt, status=outcome.status,
+                     applied=outcome.applied)
