@@ -21,7 +21,7 @@ from sqlmodel import Session
 from controller.config import ControllerConfig
 from controller.domain.policy import retry_or_fail, running_timeout_at
 from controller.domain.states import ACTIVE_JOB_STATUSES, JobStatus, NodeStatus, Priority, Reason
-from controller.manifests.schema import JobManifest, Manifest, render_command
+from controller.manifests.schema import JobManifest, Manifest, PlaceholderError, render_command
 from controller.reconcile import lost_attempt, schedule
 from controller.sources.apply import ObjectResult, Origin, Outcome, apply_objects
 from controller.store import queries
@@ -379,8 +379,15 @@ class Farm:
         scenarios = queries.scenarios_by_name(session, sorted({r.scenario_name for r in pending}))
         out = []
         for r in pending:
-            scenario = scenarios[r.scenario_name]
-            command = render_command(scenario.command, {**scenario.defaults, **r.parameters})
+            scenario = scenarios.get(r.scenario_name)
+            try:
+                if scenario is None:
+                    raise LookupError(f"scenario {r.scenario_name!r} no longer exists")
+                command = render_command(scenario.command, {**scenario.defaults, **r.parameters})
+            except (LookupError, PlaceholderError) as exc:
+                # Not handed out: the assign timeout sends the job back through the retry rule.
+                log.warning("[FaultTolerance] Cannot hand out %s attempt %d: %s", r.name, r.attempt, exc)
+                continue
             out.append(Assignment(r.name, r.attempt, command, r.active_deadline_seconds))
         return out
 

@@ -184,7 +184,7 @@ class Reconciler:
         store: Store,
         config: ControllerConfig,
         started_at: datetime,
-        desired_state: Callable[[datetime], None] | None = None,
+        desired_state: Callable[[datetime], object] | None = None,
         on_pass: Callable[[PassResult], None] | None = None,
     ) -> None:
         self.store = store

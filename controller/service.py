@@ -37,6 +37,7 @@ from controller.farm import Farm
 from controller.loop import ReconcileLoop
 from controller.observability.metrics import Metrics
 from controller.reconcile import PassResult, Reconciler
+from controller.sources.directory import DirectorySource
 from controller.store import migrate, views
 from controller.store.audit import write_audit
 from controller.store.engine import Store
@@ -61,8 +62,8 @@ class DesiredStateSource(Protocol):
     def stop(self) -> None:
         """Stop watching (called once, after the last pass)."""
 
-    def sync(self, now: datetime) -> None:
-        """Apply what changed since the last call."""
+    def sync(self, now: datetime) -> object:
+        """Apply what changed since the last call (the result is for logs and tests)."""
 
 
 @dataclass(frozen=True)
@@ -133,12 +134,17 @@ class ControllerService:
         source: DesiredStateSource | None = None,
         clock: Callable[[], datetime] = _utcnow,
         store: Store | None = None,
+        watch_manifests: bool = True,
     ) -> None:
         self.config = config
-        self.source = source
         self.clock = clock
         self.store = store if store is not None else Store.from_config(config.database)
         self.metrics = Metrics()
+        if source is None and watch_manifests:
+            # The watched directory (`manifests.dir`); a missing directory declares nothing.
+            source = DirectorySource(self.store, config, on_change=self._on_change,
+                                     metrics=self.metrics, clock=clock)
+        self.source = source
         self.notifier = WorkNotifier()
         self.auth = AuthManager(self.store, config.auth, self.metrics)
         self.farm = Farm(self.store, config, on_change=self._on_change, clock=clock,
@@ -174,8 +180,8 @@ class ControllerService:
         m.failed_jobs.inc(len(result.failed))
         m.reconcile_duration.observe(result.seconds)
         with self.store.read() as session:
-            stats = views.queue_stats(session)
-        m.set_pending(stats["byPriority"])
+            pending = views.pending_by_priority(session)
+        m.set_pending(pending)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -228,7 +228,10 @@ def get_manifests(
         table.add_column(column)
     for item in items:
         first = item["errors"][0] if item["errors"] else None
-        error = f"{first['line']}: {first.get('field') or ''} {first['message']}".strip() if first else ""
+        error = ""
+        if first:
+            field = f"{first['field']}: " if first.get("field") else ""
+            error = f"{first['line']}: {field}{first['message']}"
         table.add_row(
             item["path"], item["status"], str(len(item["objects"])), _age(item.get("appliedAt")), error[:100]
         )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from controller.cli.main import CliError, ConfigOption, DbOption, controller_config
-from controller.config import ControllerConfig
 
 
 class LogFormat(StrEnum):
@@ -17,11 +16,6 @@ class LogFormat(StrEnum):
 
     TEXT = "text"
     JSON = "json"
-
-
-def desired_state_source(config: ControllerConfig) -> Any:
-    """The watched-directory source for `config.manifests` (None until it is wired in)."""
-    return None
 
 
 def controller(
@@ -60,7 +54,7 @@ def controller(
         configure_logging(log_level, log_format.value)
     except ValueError as exc:
         raise CliError(str(exc), exit_code=2) from exc
-    service = ControllerService(cfg, desired_state_source(cfg))
+    service = ControllerService(cfg)
     options = ServeOptions(
         cfg.server.host, cfg.server.port,
         str(tls_cert) if tls_cert is not None else None,

@@ -3,11 +3,17 @@
 Each object comes out `created`, `configured`, `unchanged` or an error; an error
 changes nothing for that object and never stops the others. Scenarios are applied
 first, then Nodes, then Jobs, so a Job may name a Scenario declared beside it.
+
+Jobs take a bulk path: the rows named by the batch are read in one query, new jobs
+and their `job.created` audit rows are inserted with one executemany each, and
+unchanged ones cost no statement; anything else goes through the per-object path.
+An object that the API created and a file later declares is adopted by the file
+(audited as an update), while a file-owned object is refused to everyone else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -27,7 +33,7 @@ from controller.manifests.schema import (
     spec_hash,
 )
 from controller.store import queries
-from controller.store.audit import write_audit
+from controller.store.audit import write_audit, write_audit_many
 from controller.store.timeouts import refresh_running_timeouts
 from controller.store.transitions import jobs_t, nodes_t
 
@@ -54,6 +60,8 @@ class ObjectResult:
     result: Outcome
     error: str | None = None
     conflict: bool = False
+    field: str | None = None
+    """The manifest field an error is about (`spec.scenario`), when there is one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +93,18 @@ def apply_objects(
     now: datetime,
     config: ControllerConfig,
     dry_run: bool = False,
+    known_scenarios: Mapping[str, ScenarioManifest] | None = None,
 ) -> list[ObjectResult]:
-    """Apply manifests in the caller's transaction; results come back in input order."""
+    """Apply manifests in the caller's transaction; results come back in input order.
+
+    `known_scenarios` are Scenarios declared elsewhere (other files of the watched
+    directory) that a Job's placeholders are checked against before the database's.
+    """
     results: dict[int, ObjectResult] = {}
     savepoint = session.begin_nested() if dry_run else None
-    batch_scenarios = {
-        m.name: m for m in objects if isinstance(m, ScenarioManifest)
-    }
+    batch_scenarios = {**(known_scenarios or {})}
+    batch_scenarios.update((m.name, m) for m in objects if isinstance(m, ScenarioManifest))
+    jobs: list[tuple[int, JobManifest]] = []
     for index in sorted(range(len(objects)), key=lambda i: _order(objects[i])):
         manifest = objects[index]
         if isinstance(manifest, ScenarioManifest):
@@ -99,7 +112,9 @@ def apply_objects(
         elif isinstance(manifest, NodeManifest):
             results[index] = _apply_node(session, manifest, origin, now)
         else:
-            results[index] = _apply_job(session, manifest, origin, now, config, batch_scenarios)
+            jobs.append((index, manifest))
+    if jobs:
+        results.update(_apply_jobs(session, jobs, origin, now, config, batch_scenarios))
     if savepoint is not None:
         savepoint.rollback()
     return [results[i] for i in range(len(objects))]
@@ -206,23 +221,120 @@ _SPEC_NAMES = {
 }
 
 
-def _missing_values(
-    session: Session, m: JobManifest, batch_scenarios: dict[str, ScenarioManifest]
-) -> str | None:
+_Template = tuple[frozenset[str], frozenset[str]]
+"""A scenario as the placeholder check sees it: its placeholders and its defaults."""
+
+
+def _templates(
+    session: Session, jobs: Sequence[JobManifest], batch_scenarios: Mapping[str, ScenarioManifest]
+) -> dict[str, _Template]:
+    """The scenarios the jobs name: declared in the batch, else stored (one query)."""
+    out = {
+        name: (frozenset(placeholders(m.spec.command)), frozenset(m.spec.defaults))
+        for name, m in batch_scenarios.items()
+    }
+    wanted = sorted({j.spec.scenario for j in jobs} - set(out))
+    if wanted:
+        for name, info in queries.scenarios_by_name(session, wanted).items():
+            out[name] = (frozenset(placeholders(info.command)), frozenset(info.defaults))
+    return out
+
+
+def _missing_values(m: JobManifest, templates: Mapping[str, _Template]) -> str | None:
     """An error when the Job's Scenario is known and a placeholder has no value."""
-    declared = batch_scenarios.get(m.spec.scenario)
-    if declared is not None:
-        command, defaults = list(declared.spec.command), dict(declared.spec.defaults)
-    else:
-        known = queries.scenarios_by_name(session, [m.spec.scenario]).get(m.spec.scenario)
-        if known is None:
-            return None
-        command, defaults = known.command, known.defaults
-    missing = placeholders(command) - set(defaults) - set(m.spec.parameters)
+    template = templates.get(m.spec.scenario)
+    if template is None:
+        return None
+    needed, defaults = template
+    missing = needed - defaults - set(m.spec.parameters)
     if not missing:
         return None
     names = ", ".join("{" + p + "}" for p in sorted(missing))
     return f"spec.parameters: no value for placeholder(s) {names} of scenario '{m.spec.scenario}'"
+
+
+def _created_job(
+    m: JobManifest, digest: str, origin: Origin, now: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The jobs row and the `job.created` audit row of a new job."""
+    row = {
+        "name": m.name, "status": str(JobStatus.PENDING), "attempt": 0, "retry_count": 0,
+        "source": origin.source, "source_path": origin.path, "spec_hash": digest,
+        "created_at": now, "updated_at": now, **job_columns(m),
+    }
+    audit = {
+        "event_type": "job.created", "entity_type": "job", "entity_id": m.name,
+        "client_id": origin.client_id, "created_at": now,
+        "details": {"scenario": m.spec.scenario, "priority": str(m.spec.priority),
+                    "source": origin.source, "path": origin.path},
+    }
+    return row, audit
+
+
+_JOB_BATCH = 500
+
+
+def _apply_jobs(
+    session: Session,
+    jobs: Sequence[tuple[int, JobManifest]],
+    origin: Origin,
+    now: datetime,
+    config: ControllerConfig,
+    batch_scenarios: Mapping[str, ScenarioManifest],
+) -> dict[int, ObjectResult]:
+    """Apply Jobs: new ones in bulk, unchanged ones for free, the rest one by one."""
+    templates = _templates(session, [m for _, m in jobs], batch_scenarios)
+    existing = _job_states(session, [m.name for _, m in jobs])
+    results: dict[int, ObjectResult] = {}
+    rows: list[dict[str, Any]] = []
+    audits: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if rows:
+            session.execute(sa.insert(jobs_t), rows)
+            write_audit_many(session, audits)
+            rows.clear()
+            audits.clear()
+
+    for index, m in jobs:
+        if (error := _missing_values(m, templates)) is not None:
+            results[index] = ObjectResult("Job", m.name, Outcome.ERROR, error, field="spec.parameters")
+            continue
+        digest = spec_hash(m)
+        state = existing.get(m.name)
+        if state is None:
+            row, audit = _created_job(m, digest, origin, now)
+            rows.append(row)
+            audits.append(audit)
+            # A name declared twice in one batch: the second one sees the first.
+            existing[m.name] = (digest, origin.source, origin.path)
+            results[index] = ObjectResult("Job", m.name, Outcome.CREATED)
+        elif state == (digest, origin.source, origin.path):
+            results[index] = ObjectResult("Job", m.name, Outcome.UNCHANGED)
+        else:
+            flush()  # keep the audit rows in the order the objects were applied
+            results[index] = _apply_job(session, m, origin, now, config, digest)
+            existing[m.name] = (digest, origin.source, origin.path)
+        if len(rows) >= _JOB_BATCH:
+            flush()
+    flush()
+    return results
+
+
+def _job_states(session: Session, names: Sequence[str]) -> dict[str, tuple[str, str, str | None]]:
+    """(spec hash, source, source path) of the named jobs that exist (locked on PostgreSQL)."""
+    out: dict[str, tuple[str, str, str | None]] = {}
+    postgres = session.connection().dialect.name == "postgresql"
+    unique = sorted(set(names))
+    for start in range(0, len(unique), _JOB_BATCH):
+        statement = sa.select(
+            jobs_t.c.name, jobs_t.c.spec_hash, jobs_t.c.source, jobs_t.c.source_path
+        ).where(jobs_t.c.name.in_(unique[start:start + _JOB_BATCH]))
+        if postgres:
+            statement = statement.with_for_update()
+        for r in session.execute(statement):
+            out[r.name] = (r.spec_hash, r.source, r.source_path)
+    return out
 
 
 def _apply_job(
@@ -231,24 +343,15 @@ def _apply_job(
     origin: Origin,
     now: datetime,
     config: ControllerConfig,
-    batch_scenarios: dict[str, ScenarioManifest],
+    digest: str,
 ) -> ObjectResult:
-    if (error := _missing_values(session, m, batch_scenarios)) is not None:
-        return ObjectResult("Job", m.name, Outcome.ERROR, error)
-    digest = spec_hash(m)
+    """The per-object path of one Job (placeholders already checked)."""
     columns = job_columns(m)
     row = queries.job_by_name(session, m.name, lock=True)
     if row is None:
-        session.execute(
-            sa.insert(jobs_t).values(
-                name=m.name, status=str(JobStatus.PENDING), attempt=0, retry_count=0,
-                source=origin.source, source_path=origin.path, spec_hash=digest,
-                created_at=now, updated_at=now, **columns,
-            )
-        )
-        write_audit(session, "job.created", "job", m.name,
-                    {"scenario": m.spec.scenario, "priority": str(m.spec.priority),
-                     "source": origin.source, "path": origin.path}, now, origin.client_id)
+        created, audit = _created_job(m, digest, origin, now)
+        session.execute(sa.insert(jobs_t).values(**created))
+        write_audit_many(session, [audit])
         return ObjectResult("Job", m.name, Outcome.CREATED)
     if (error := _owned_elsewhere(row, origin)) is not None:
         return ObjectResult("Job", m.name, Outcome.ERROR, error, conflict=True)
@@ -263,20 +366,22 @@ def _apply_job(
             f"spec.{frozen[0]} cannot change once the job has left pending "
             f"(status {row.status}, attempt {row.attempt})",
             conflict=True,
+            field=f"spec.{frozen[0]}",
         )
+    adopted = row.source != origin.source
     session.execute(
         sa.update(jobs_t).where(jobs_t.c.id == row.id).values(
             source=origin.source, source_path=origin.path, spec_hash=digest, updated_at=now,
             **changes,
         )
     )
-    if changes:
-        write_audit(
-            session, "job.updated", "job", m.name,
-            {"changed": sorted(_SPEC_NAMES[k] for k in changes), "source": origin.source,
-             "path": origin.path},
-            now, origin.client_id,
-        )
+    if changes or adopted:
+        details: dict[str, Any] = {"changed": sorted(_SPEC_NAMES[k] for k in changes),
+                                   "source": origin.source, "path": origin.path}
+        if adopted:
+            details["adoptedFrom"] = row.source
+        write_audit(session, "job.updated", "job", m.name, details, now, origin.client_id)
     if "expected_duration_seconds" in changes and row.status == str(JobStatus.RUNNING):
         refresh_running_timeouts(session, config, job_id=row.id)
-    return ObjectResult("Job", m.name, Outcome.CONFIGURED if changes else Outcome.UNCHANGED)
+    configured = bool(changes) or adopted
+    return ObjectResult("Job", m.name, Outcome.CONFIGURED if configured else Outcome.UNCHANGED)

@@ -12,6 +12,8 @@ import httpx
 
 from controller.config import load_config
 from controller.service import ControllerService, DesiredStateSource, ServeOptions
+from controller.store import views
+from controller.store.manifest_files import list_manifest_files
 
 
 class SlowSource:
@@ -42,6 +44,7 @@ def _config(tmp_path: Path) -> Any:
         "auth": {"enabled": False},
         "faultTolerance": {"checkIntervalSeconds": 0.05},
         "server": {"port": 0},
+        "manifests": {"dir": str(tmp_path / "manifests")},  # not the repository's examples
     })
 
 
@@ -129,5 +132,25 @@ def test_readyz_says_stopping_during_shutdown(tmp_path: Path) -> None:
         service.begin_shutdown()
         status, body = asyncio.run(probe())
         assert status == 503 and body["stopping"] is True
+    finally:
+        service.stop()
+
+
+def test_the_watched_directory_feeds_the_reconcile_pass(tmp_path: Path) -> None:
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "a.yaml").write_text(
+        "apiVersion: ffrtmp.io/v1\nkind: Scenario\nmetadata: {name: s1}\nspec: {command: [echo]}\n"
+        "---\napiVersion: ffrtmp.io/v1\nkind: Job\nmetadata: {name: from-file}\nspec: {scenario: s1}\n"
+    )
+    service = ControllerService(_config(tmp_path))
+    service.start()
+    try:
+        service.loop.run_once()
+        with service.store.read() as session:
+            job = views.get_job(session, "from-file", service.config)
+            files = [f.to_json() for f in list_manifest_files(session)]
+        assert job is not None and (job.source, job.source_path) == ("file", "a.yaml")
+        assert [(f["path"], f["status"]) for f in files] == [("a.yaml", "ok")]
     finally:
         service.stop()
