@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The demo on the embedded default: SQLite in ./demo/, the example manifests.
-# Extra arguments go to `ffrtmp up` once it exists.
+# The demo on the embedded default: a controller on SQLite watching manifests/, two
+# local workers, the example jobs run to completion with a live view. Runs in ./demo/
+# with a fresh database each time. Extra arguments go to `ffrtmp up`
+# (e.g. scripts/demo.sh --workers 4; without --exit-when-done it runs until Ctrl-C).
 source "$(dirname "$0")/_venv.sh"
 
 mkdir -p demo
-if ffrtmp up --help >/dev/null 2>&1; then
-    cd demo && exec ffrtmp up --manifests ../manifests "$@"
+rm -f demo/ffrtmp.db demo/ffrtmp.db-wal demo/ffrtmp.db-shm
+cd demo
+if [ "$#" -eq 0 ]; then
+    set -- --workers 2 --exit-when-done
 fi
-# Until the controller process lands (issues 4, 6, 7), the demo shows what exists:
-# the example manifests checked offline and the database schema created.
-ffrtmp validate manifests
-ffrtmp db upgrade --db sqlite:///demo/ffrtmp.db
-ffrtmp db current --db sqlite:///demo/ffrtmp.db
+exec ffrtmp up --manifests ../manifests --port 0 "$@"

@@ -25,7 +25,6 @@ from rich.table import Table
 
 from controller.cli.main import CliError
 from controller.client import ApiError, Client
-from controller.manifests.validate import manifest_files
 
 OUTPUT_FORMATS = ("table", "wide", "json", "yaml")
 
@@ -49,7 +48,7 @@ def client_settings(server: str | None, token: str | None) -> tuple[str | None, 
     server = server or os.environ.get("FFRTMP_SERVER")
     token = token or os.environ.get("FFRTMP_TOKEN")
     path = Path(os.environ.get("FFRTMP_CLIENT_CONFIG", "~/.config/ffrtmp/client.yaml")).expanduser()
-    if (server is None or token is None) and path.is_file():
+    if (not server or not token) and path.is_file():
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
@@ -428,6 +427,8 @@ def jobs_retry(name: str, server: ServerOption = None, token: TokenOption = None
 
 
 def _manifest_paths(path: Path) -> list[Path]:
+    from controller.manifests.validate import manifest_files
+
     if path.is_dir():
         return manifest_files(path)
     if path.is_file():

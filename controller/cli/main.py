@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from controller import __version__
-from controller.config import ConfigError, ControllerConfig, load_config
-from controller.store.engine import Store, StoreError
+
+if TYPE_CHECKING:
+    from controller.config import ControllerConfig
 
 app = typer.Typer(
     name="ffrtmp",
@@ -43,6 +44,8 @@ DbOption = Annotated[
 
 def controller_config(config: Path | None, db: str | None, **flags: Any) -> ControllerConfig:
     """The controller config from `--config`, the environment and the given flags."""
+    from controller.config import load_config
+
     overrides: dict[str, Any] = {}
     if db is not None:
         overrides["database"] = {"url": db}
@@ -99,6 +102,7 @@ def db_upgrade(
 ) -> None:
     """Upgrade the database schema to the newest revision (the controller also does this at start)."""
     from controller.store import migrate
+    from controller.store.engine import Store
 
     cfg = controller_config(config, db)
     if sql:
@@ -121,6 +125,7 @@ def db_upgrade(
 def db_current(config: ConfigOption = None, db: DbOption = None) -> None:
     """Print the database's schema revision and whether it is current."""
     from controller.store import migrate
+    from controller.store.engine import Store
 
     store = Store.from_config(controller_config(config, db).database)
     try:
@@ -130,6 +135,14 @@ def db_current(config: ConfigOption = None, db: DbOption = None) -> None:
         store.dispose()
     state = "current" if current == head else f"behind head {head}"
     typer.echo(f"{current or 'empty'} ({state})")
+
+
+def _is_setup_error(exc: Exception) -> bool:
+    """A bad configuration or database URL (exit 2); imported only on this error path."""
+    from controller.config import ConfigError
+    from controller.store.engine import StoreError
+
+    return isinstance(exc, ConfigError | StoreError)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,22 +165,23 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except (ConfigError, StoreError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # the last resort: one line, never a traceback
+        if _is_setup_error(exc):
+            typer.echo(f"error: {exc}", err=True)
+            sys.exit(2)
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
 # Commands in modules of their own; imported last, as they use the options above.
-from controller.cli import client_cmds, serve, tokens, worker_cmd  # noqa: E402
+from controller.cli import client_cmds, serve, tokens, up, worker_cmd  # noqa: E402
 
 app.command("controller")(serve.controller)
 app.add_typer(tokens.token_app, name="token")
+app.command("up")(up.up)
 app.command("worker")(worker_cmd.worker)
 app.command("apply")(client_cmds.apply)
 app.command("diff")(client_cmds.diff)

@@ -11,16 +11,24 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from controller.auth.errors import InvalidTokenRequest
-from controller.auth.manager import AuthManager
-from controller.auth.roles import Role
 from controller.cli.main import CliError, ConfigOption, DbOption, controller_config
-from controller.store import migrate
-from controller.store.engine import Store
+
+if TYPE_CHECKING:
+    from controller.auth.manager import AuthManager
+
+
+class Role(StrEnum):
+    """The roles of SPEC section 7 (kept here so `ffrtmp --help` needs no database code)."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+    WORKER = "worker"
 
 token_app: typer.Typer = typer.Typer(help="API tokens (opens the database directly).", no_args_is_help=True)
 
@@ -29,6 +37,10 @@ CLI_ACTOR = "cli"
 
 @contextmanager
 def _auth(config: ConfigOption, db: DbOption) -> Iterator[AuthManager]:
+    from controller.auth.manager import AuthManager
+    from controller.store import migrate
+    from controller.store.engine import Store
+
     cfg = controller_config(config, db)
     store = Store.from_config(cfg.database)
     try:
@@ -57,9 +69,11 @@ def create(
     db: DbOption = None,
 ) -> None:
     """Create a token and print it alone on a line (shown once; details go to stderr)."""
+    from controller.auth.errors import InvalidTokenRequest
+
     with _auth(config, db) as auth:
         try:
-            issued = auth.issue_token(client, role, node, expires_minutes, actor=CLI_ACTOR)
+            issued = auth.issue_token(client, role.value, node, expires_minutes, actor=CLI_ACTOR)
         except InvalidTokenRequest as exc:
             raise CliError(str(exc), exit_code=2) from exc
     typer.echo(issued.token)
