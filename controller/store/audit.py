@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from controller.store.bulk import insert_many
 from controller.store.models import AuditLog
 
 _audit: sa.Table = AuditLog.__table__  # type: ignore[attr-defined]
@@ -38,5 +39,4 @@ def write_audit(
 
 def write_audit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Add many audit rows (dicts with AuditLog's columns) in one statement."""
-    if rows:
-        session.execute(sa.insert(_audit), list(rows))
+    insert_many(session, _audit, rows)

@@ -27,6 +27,7 @@ from controller.domain.states import (
     check_node_transition,
 )
 from controller.store.audit import write_audit_many
+from controller.store.bulk import executemany, insert_many
 from controller.store.models import Job, JobAttempt, Node
 
 jobs_t: sa.Table = Job.__table__  # type: ignore[attr-defined]
@@ -147,14 +148,13 @@ def _execute_guarded(
 ) -> None:
     """Run an UPDATE for every params set and insist that each matched exactly one row."""
     connection = session.connection()
-    if connection.dialect.supports_sane_multi_rowcount and len(params) > 1:
-        result = session.execute(statement, params)
-        if result.rowcount != len(params):  # type: ignore[attr-defined]
-            raise ConcurrentChange(f"{what}: {len(params) - result.rowcount} rows changed concurrently")  # type: ignore[attr-defined]
+    if connection.dialect.supports_sane_multi_rowcount:
+        changed = executemany(session, statement, params)
+        if changed != len(params):
+            raise ConcurrentChange(f"{what}: {len(params) - changed} rows changed concurrently")
         return
     for one in params:
-        result = session.execute(statement, one)
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        if executemany(session, statement, [one]) != 1:
             raise ConcurrentChange(f"{what}: row changed concurrently ({one})")
 
 
@@ -197,8 +197,7 @@ def apply_job_transitions(
         for t in transitions
         if t.to_status is JobStatus.ASSIGNED
     ]
-    if new_attempts:
-        session.execute(sa.insert(attempts_t), new_attempts)
+    insert_many(session, attempts_t, new_attempts)
 
     attempt_rows = []
     for t in transitions:
@@ -215,7 +214,7 @@ def apply_job_transitions(
             .values({c: sa.bindparam(f"v_{c}") for c in columns})
         )
         # Unguarded: history is a record, and a missing row must never block a requeue.
-        session.execute(statement, params)
+        executemany(session, statement, params)
 
     write_audit_many(session, [_job_audit(t, now, client_id) for t in transitions])
 
