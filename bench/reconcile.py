@@ -120,6 +120,20 @@ def add_pending(store: Store, count: int) -> None:
         session.execute(sa.update(nodes_t).where(nodes_t.c.slots == 1).values(slots=1 + extra))
 
 
+def seed_database(url: str, jobs: int, nodes: int) -> dict[str, int]:
+    """A migrated database at `url` seeded like the benchmark's (used by the memory figure too)."""
+    config = load_config(env={}, overrides={"database": {"url": url}})
+    store = Store.from_config(config.database)
+    try:
+        upgrade(store)
+        seeded = seed(store, jobs, nodes, dead_fraction=0.1)
+        with store.write() as session:
+            session.execute(sa.text("ANALYZE"))
+    finally:
+        store.dispose()
+    return seeded
+
+
 def timed(reconciler: Reconciler, now: datetime, repeat: int = 1) -> tuple[list[float], Any]:
     times = []
     result = None

@@ -356,8 +356,12 @@ class Client:
     def heartbeat(
         self, node: str, slots: int | None = None, labels: Mapping[str, str] | None = None,
         running: Sequence[tuple[str, int]] | None = None, wait_seconds: float = 0.0,
+        draining: bool = False,
     ) -> HeartbeatReply:
-        """`POST /nodes/{node}/heartbeat`; `wait_seconds` > 0 long-polls for work."""
+        """`POST /nodes/{node}/heartbeat`; `wait_seconds` > 0 long-polls for work.
+
+        `draining`: the worker takes no new work (see the route); holding nothing, it leaves.
+        """
         body: dict[str, Any] = {}
         if slots is not None:
             body["slots"] = slots
@@ -365,7 +369,9 @@ class Client:
             body["labels"] = dict(labels)
         if running is not None:
             body["running"] = [{"job": j, "attempt": a} for j, a in running]
-        params = {"waitSeconds": wait_seconds} if wait_seconds > 0 else None
+        params: dict[str, Any] = {"waitSeconds": wait_seconds} if wait_seconds > 0 else {}
+        if draining:
+            params["draining"] = "true"
         timeout = wait_seconds + LONG_POLL_MARGIN if wait_seconds > 0 else None
         return cast(HeartbeatReply, self._json("POST", f"/nodes/{node}/heartbeat", json=body,
                                                params=params, timeout=timeout))

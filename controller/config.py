@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 ENV_PREFIX = "FFRTMP_"
@@ -113,6 +113,32 @@ class MetricsConfig(_Section):
     public: bool = False
 
 
+class LeaderElectionConfig(_Section):
+    """The leader lease of several controller replicas on one database (docs/scale-out.md).
+
+    Every replica serves the API; only the holder of the lease runs the reconcile
+    pass and the watched directory. The defaults are Kubernetes' (15 s / 10 s / 2 s).
+    """
+
+    lease_duration_seconds: float = Field(default=15.0, gt=0)
+    """Others take the lease over once it was not renewed for this long."""
+    renew_deadline_seconds: float = Field(default=10.0, gt=0)
+    """The leader stops leading when it could not renew for this long."""
+    retry_period_seconds: float = Field(default=2.0, gt=0)
+    """How often the leader renews and the others try to acquire."""
+    identity: str | None = Field(default=None, min_length=1, max_length=255)
+    """This replica's name in the lease (default: host name, process id and a random suffix).
+    A stable identity (the pod name) lets a restarted replica take its own lease back at once."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElectionConfig:
+        if not self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "need retryPeriodSeconds < renewDeadlineSeconds < leaseDurationSeconds"
+            )
+        return self
+
+
 class ControllerConfig(_Section):
     """The whole controller configuration, with the spec's defaults."""
 
@@ -126,14 +152,15 @@ class ControllerConfig(_Section):
     nodes: NodesConfig = NodesConfig()
     server: ServerConfig = ServerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    leader_election: LeaderElectionConfig = LeaderElectionConfig()
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def merge_settings(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     """Deep-merge `extra` over `base` (mappings merge, everything else replaces)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_settings(out[key], value)
         else:
             out[key] = value
     return out
@@ -208,10 +235,10 @@ def load_config(
     environ = os.environ if env is None else env
     env_data = _env_overrides(environ)
     if env_data:
-        data = _merge(data, env_data)
+        data = merge_settings(data, env_data)
         source += " + environment"
     if overrides:
-        data = _merge(data, overrides)
+        data = merge_settings(data, overrides)
         source += " + flags"
     try:
         return ControllerConfig.model_validate(data)

@@ -281,12 +281,15 @@ class Farm:
         running: Sequence[tuple[str, int]] | None = None,
         client_id: str | None = None,
         now: datetime | None = None,
+        draining: bool = False,
     ) -> HeartbeatReply:
         """Record a heartbeat, reconcile what the worker holds, and hand it its work.
 
         `running` lists every attempt the worker holds (started, or finished with its
         report not yet acknowledged). None means "not told" (the harness): nothing is
-        concluded from absences then.
+        concluded from absences then. A `draining` worker gets no work: what is assigned
+        to it and not held goes back to pending (Released), and once it holds nothing
+        the node is marked dead (Released), so nothing is bound to a worker that left.
         """
         at = self._now(now)
         registered = revived = False
@@ -308,10 +311,15 @@ class Farm:
                 revived = row.status == str(NodeStatus.DEAD)
             held = {(j, a) for j, a in running} if running is not None else None
             cancel = self._fence(session, row, held, at, client_id)
-            if not row.unschedulable:
-                schedule(session, at, self.config, only_node=row.id)
-            assignments = self._assignments(session, row.id, held)
-        if registered or revived or assignments:
+            released = False
+            if draining:
+                released = self._leave(session, row, held, at, client_id)
+                assignments: list[Assignment] = []
+            else:
+                if not row.unschedulable:
+                    schedule(session, at, self.config, only_node=row.id)
+                assignments = self._assignments(session, row.id, held)
+        if registered or revived or assignments or released:
             self._changed()
         return HeartbeatReply(assignments, cancel, self.config.nodes.heartbeat_interval_seconds,
                               registered, revived)
@@ -363,6 +371,33 @@ class Farm:
         ]
         apply_job_transitions(session, lost, at, client_id)
         return cancel
+
+    def _leave(
+        self, session: Session, row: Any, held: set[tuple[str, int]] | None, at: datetime,
+        client_id: str | None,
+    ) -> bool:
+        """A draining worker: hand back what it was given and did not start; gone when empty.
+
+        True when something changed (a job went back to pending, or the node left).
+        """
+        if held is None:
+            return False
+        unstarted = [
+            JobTransition(j.id, j.name, j.status, JobStatus.PENDING, str(Reason.RELEASED), j.attempt,
+                          message=f"node {row.name} is draining", node_name=row.name)
+            for j in queries.active_jobs_on_node(session, row.id)
+            if j.status is JobStatus.ASSIGNED and (j.name, j.attempt) not in held
+        ]
+        apply_job_transitions(session, unstarted, at, client_id)
+        if held:
+            return bool(unstarted)
+        apply_node_transitions(
+            session,
+            [NodeTransition(row.id, row.name, NodeStatus.READY, NodeStatus.DEAD, str(Reason.RELEASED))],
+            at, client_id,
+        )
+        log.info("[FaultTolerance] Node %s drained and left", row.name)
+        return True
 
     def _assignments(
         self, session: Session, node_id: int, held: set[tuple[str, int]] | None

@@ -2,7 +2,8 @@
 
 `wake()` asks for a pass now (a new job, a heartbeat from an idle node, a
 manifest event); several wakes while a pass runs give one more pass, not many.
-`stop()` lets the pass in flight finish and returns.
+`stop()` lets the pass in flight finish and returns. With `leading`, a pass runs
+only while it answers True (several replicas: only the leader reconciles).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from controller.reconcile import PassResult, Reconciler
+from controller.store.leases import NotLeader
 
 log = logging.getLogger("controller.loop")
 
@@ -29,6 +31,7 @@ class ReconcileLoop:
         interval_seconds: float,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         name: str = "ffrtmp-reconcile",
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.interval_seconds = interval_seconds
@@ -37,6 +40,7 @@ class ReconcileLoop:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._name = name
+        self.leading = leading
         self.passes = 0
         self.last_result: PassResult | None = None
         self.last_error: BaseException | None = None
@@ -67,9 +71,19 @@ class ReconcileLoop:
         return self._thread is not None and self._thread.is_alive()
 
     def run_once(self) -> PassResult | None:
-        """One pass now, errors logged (not raised): the loop must survive a bad pass."""
+        """One pass now, errors logged (not raised): the loop must survive a bad pass.
+
+        None, and no pass, when this replica does not lead.
+        """
+        if self.leading is not None and not self.leading():
+            return None
         try:
             result = self.reconciler.reconcile(self.clock())
+        except NotLeader as exc:
+            # The lease was lost during the pass: its fenced writes were undone.
+            self.last_error = exc
+            log.warning("[Leader] Reconcile pass stopped: %s", exc)
+            return None
         except Exception as exc:
             self.last_error = exc
             log.exception("[FaultTolerance] Reconcile pass failed: %s", exc)

@@ -110,9 +110,15 @@ def schedule(
     """
     if not queries.any_pending(session):
         return []
-    nodes = queries.schedulable_nodes(session, only=only_node, lock=True)
+    # The pass skips nodes whose heartbeat holds them (that heartbeat fills them itself);
+    # then it saw part of the farm only, and must not conclude that no node matches a job.
+    nodes = queries.schedulable_nodes(session, only=only_node, lock=True, skip_locked=only_node is None)
     if not nodes:
         return []
+    whole = only_node is None and (
+        session.connection().dialect.name != "postgresql"
+        or len(nodes) == queries.count_schedulable_nodes(session)
+    )
     counts = queries.active_counts(session, [n.id for n in nodes] if only_node is not None else None)
     placement = Placement.of(
         FreeNode(n.name, max(n.slots - counts.get(n.id, 0), 0), n.labels) for n in nodes
@@ -121,15 +127,20 @@ def schedule(
         return []
     node_ids = {n.name: n.id for n in nodes}
     scenarios = queries.scenarios_by_name(session)
-    runs = {p: queries.pending_run(session, p, lock=True) for p in Priority}
+    # The heartbeat path fills one node: lock (SKIP LOCKED) a few candidates at a time, not
+    # a batch of hundreds that the other replicas would then have to skip over.
+    batch = max(4 * placement.remaining, 16) if only_node is not None else 500
+    runs = {p: queries.pending_run(session, p, batch=batch, lock=True) for p in Priority}
     bindings: list[Binding] = []
     transitions: list[JobTransition] = []
     reasons: list[tuple[int, str | None, str | None]] = []
     assign_deadline = assigned_timeout_at(now, config.fault_tolerance)
 
     def waiting(job: queries.PendingJob, reason: Reason | None, message: str | None) -> None:
-        # Only the full pass knows that no node at all matches; the heartbeat path sees one node.
+        # Only a pass over every node knows that no node at all matches; a heartbeat sees one.
         wanted = str(reason) if reason else None
+        if reason is Reason.NO_MATCHING_NODE and not whole:
+            return
         if only_node is None and wanted != job.reason and (wanted or job.reason in _WAITING_REASONS):
             reasons.append((job.id, wanted, message))
 
@@ -193,6 +204,16 @@ class Reconciler:
         self.desired_state = desired_state
         self.on_pass = on_pass
         self.episode_started_at: datetime | None = None
+
+    def lead_from(self, now: datetime) -> None:
+        """This replica became the leader at `now`: the start-time grace restarts from there.
+
+        Heartbeats sent during the failover may have gone unanswered (or to no one), so
+        no node is declared dead for them; the mass-failure episode of an earlier
+        leadership is forgotten.
+        """
+        self.started_at = now
+        self.episode_started_at = None
 
     def reconcile(self, now: datetime) -> PassResult:
         """One pass at `now`: desired state, liveness, lost jobs, timeouts, scheduling, housekeeping."""

@@ -6,7 +6,13 @@
 - the `Farm`, whose `on_change` wakes both the reconcile loop and the long-polls;
 - the `Reconciler` in a `ReconcileLoop`, whose passes feed the metrics and wake the
   long-polls of the nodes they bound jobs to;
-- the FastAPI app on uvicorn (TLS when given a certificate and key).
+- the FastAPI app on uvicorn (TLS when given a certificate and key);
+- the `LeaderElector`: several replicas may share one PostgreSQL database; all of
+  them serve the API (heartbeats and reports included), only the holder of the
+  `reconciler` lease runs the reconcile pass and watches the manifests directory,
+  and its writes go through a `FencedStore` (they commit only while the lease is
+  held with its epoch). A lone controller, and any controller on SQLite, leads from
+  its start.
 
 On SIGTERM (or SIGINT) it stops accepting connections, releases the long-polls,
 lets the requests and the reconcile pass in flight finish, stops the loop and the
@@ -34,6 +40,7 @@ from controller.api import WorkNotifier, create_app
 from controller.auth.manager import AuthManager
 from controller.config import ControllerConfig
 from controller.farm import Farm
+from controller.leader import LeaderElector, Leadership
 from controller.loop import ReconcileLoop
 from controller.observability.metrics import Metrics
 from controller.reconcile import PassResult, Reconciler
@@ -41,6 +48,7 @@ from controller.sources.directory import DirectorySource
 from controller.store import migrate, views
 from controller.store.audit import write_audit
 from controller.store.engine import Store
+from controller.store.leases import Fence, FencedStore
 
 log = logging.getLogger("controller.service")
 
@@ -140,27 +148,42 @@ class ControllerService:
         self.clock = clock
         self.store = store if store is not None else Store.from_config(config.database)
         self.metrics = Metrics()
+        election = config.leader_election
+        self.elector = LeaderElector(
+            self.store, election,
+            on_started=self._on_started_leading, on_stopped=self._on_stopped_leading,
+            # SQLite is one machine: a restart after a crash must not wait out its own old lease.
+            take_over_at_start=self.store.dialect == "sqlite",
+            clock=clock,
+        )
+        # The pass and the watched directory write on behalf of the leader: fenced by the epoch.
+        self.leader_store = FencedStore(self.store, self.elector.fence, self.elector.fence_failed,
+                                        idle_limit_seconds=election.lease_duration_seconds)
         if source is None and watch_manifests:
             # The watched directory (`manifests.dir`); a missing directory declares nothing.
-            source = DirectorySource(self.store, config, on_change=self._on_change,
+            source = DirectorySource(self.leader_store, config, on_change=self._on_change,
                                      metrics=self.metrics, clock=clock)
         self.source = source
+        self._source_running = False
+        self._full_resync = False
+        self._leading_lock = threading.Lock()
         self.notifier = WorkNotifier()
         self.auth = AuthManager(self.store, config.auth, self.metrics)
         self.farm = Farm(self.store, config, on_change=self._on_change, clock=clock,
                          on_started=self._on_started)
         self.started_at = clock()
         self.reconciler = Reconciler(
-            self.store, config, self.started_at,
-            desired_state=source.sync if source is not None else None,
+            self.leader_store, config, self.started_at,
+            desired_state=self._sync_desired_state if source is not None else None,
             on_pass=self._on_pass,
         )
         self.loop = ReconcileLoop(self.reconciler, config.fault_tolerance.check_interval_seconds,
-                                  clock=clock)
+                                  clock=clock, leading=self.elector.is_leader)
         self._stopping = False
         self._server: _Server | None = None
         self.app = create_app(self.farm, self.auth, self.metrics, self.notifier,
-                              stopping=lambda: self._stopping, clock=clock)
+                              stopping=lambda: self._stopping, clock=clock,
+                              leader=self.elector.is_leader)
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -170,6 +193,36 @@ class ControllerService:
 
     def _on_started(self, job: str, created_at: datetime, started_at: datetime) -> None:
         self.metrics.submit_to_start.observe(max(0.0, (started_at - created_at).total_seconds()))
+
+    def _sync_desired_state(self, now: datetime) -> object:
+        assert self.source is not None
+        force, self._full_resync = self._full_resync, False
+        if force and isinstance(self.source, DirectorySource):
+            # A new leadership: another replica may have applied other revisions meanwhile.
+            return self.source.sync(now, force=True)
+        return self.source.sync(now)
+
+    def _on_started_leading(self, leadership: Leadership) -> None:
+        """Lead: the start-time grace from now, the watched directory, a pass at once."""
+        self.reconciler.lead_from(self.clock())
+        with self._leading_lock:
+            self._full_resync = True
+            if self.source is not None and not self._source_running and not self._stopping:
+                self.source.start()
+                self._source_running = True
+        self.metrics.leader.set(1)
+        self.loop.wake()
+
+    def _on_stopped_leading(self, fence: Fence, why: str) -> None:
+        """Stop watching the directory; the loop skips passes until this replica leads again."""
+        self.metrics.leader.set(0)
+        self._stop_source()
+
+    def _stop_source(self) -> None:
+        with self._leading_lock:
+            running, self._source_running = self._source_running, False
+        if running and self.source is not None:
+            self.source.stop()
 
     def _on_pass(self, result: PassResult) -> None:
         if result.scheduled:
@@ -186,7 +239,11 @@ class ControllerService:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Upgrade the schema, audit the start, start the source and the reconcile loop."""
+        """Upgrade the schema, audit the start, join the leader election, start the reconcile loop.
+
+        The first election round runs here: a free lease (always, on SQLite) is led
+        before the first pass, and the source starts with the leadership.
+        """
         migrate.upgrade(self.store)
         now = self.clock()
         with self.store.write() as session:
@@ -195,10 +252,9 @@ class ControllerService:
         self.metrics.auth_tokens.set(self.auth.count_active_tokens(now=now))
         # Readiness probes read the schema revision; alembic would log each of them.
         logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
-        log.info("[Controller] Started ffrtmp %s (database %s, schema %s)", __version__,
-                 self.store.dialect, migrate.current_revision(self.store))
-        if self.source is not None:
-            self.source.start()
+        log.info("[Controller] Started ffrtmp %s (database %s, schema %s, identity %s)", __version__,
+                 self.store.dialect, migrate.current_revision(self.store), self.elector.identity)
+        self.elector.start()
         self.loop.start()
 
     def begin_shutdown(self) -> None:
@@ -209,11 +265,11 @@ class ControllerService:
         self.notifier.close()
 
     def stop(self) -> None:
-        """Let the pass in flight finish, stop the loop and the source, close the store."""
+        """Let the pass in flight finish, stop the loop, give the lease up, close the store."""
         self.begin_shutdown()
         self.loop.stop()
-        if self.source is not None:
-            self.source.stop()
+        self.elector.stop(release=True)
+        self._stop_source()
         log.info("[Controller] Stopped after %d reconcile passes", self.loop.passes)
         self.store.dispose()
 

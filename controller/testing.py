@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from controller.config import ControllerConfig, load_config
+from controller.config import ControllerConfig, load_config, merge_settings
 from controller.domain.states import Priority
 from controller.farm import Farm, HeartbeatReply, ReportResult, StaleAttempt
 from controller.manifests.loader import Problem
@@ -58,16 +58,6 @@ class ManifestError(ValueError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 class Cluster:
     """A controller under a frozen clock, driven step by step (see the module docstring)."""
 
@@ -80,7 +70,7 @@ class Cluster:
             self.config = config
         else:
             # The environment is ignored: a test sees the same config on every machine.
-            self.config = load_config(env={}, overrides=_merge(_MEMORY, config or {}))
+            self.config = load_config(env={}, overrides=merge_settings(_MEMORY, config or {}))
         self._start = start
         self._freezer: Any = None
         self._frozen: Any = None

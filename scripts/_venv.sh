@@ -1,4 +1,5 @@
-# Sourced by the scripts here: make sure .venv exists with the project and its test extras.
+# Sourced by the scripts here: make sure .venv exists with the project, its test extras and
+# the benchmark extras (CI runs `python -m bench --quick` to prove the harness works).
 # Reinstalls when pyproject.toml is newer than the last install.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,7 +10,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+    "$venv/bin/python" -m pip install --quiet -e "$root[test,bench]"
     touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"

@@ -43,11 +43,12 @@ def create_app(
     *,
     stopping: Callable[[], bool] = lambda: False,
     clock: Callable[[], datetime] = _utcnow,
+    leader: Callable[[], bool] = lambda: True,
 ) -> FastAPI:
     """The API over `farm` (its store and config); auth, metrics and the notifier default to new ones.
 
     `stopping` tells `/readyz` the process is shutting down; `clock` is what auth checks
-    expiry and rate limits against.
+    expiry and rate limits against; `leader` tells `/readyz` whether this replica leads.
     """
     config = farm.config
     metrics = metrics if metrics is not None else Metrics()
@@ -55,7 +56,7 @@ def create_app(
     ctx = ApiContext(
         farm=farm, auth=auth, metrics=metrics,
         notifier=notifier if notifier is not None else WorkNotifier(),
-        stopping=stopping, clock=clock,
+        stopping=stopping, clock=clock, leader=leader,
     )
     app = FastAPI(
         title="ffrtmp controller", version=__version__, description=DESCRIPTION,

@@ -34,6 +34,8 @@ class ApiContext:
     notifier: WorkNotifier
     stopping: Callable[[], bool]
     clock: Callable[[], datetime]
+    leader: Callable[[], bool] = lambda: True
+    """True while this replica holds the leader lease (a lone controller always does)."""
 
     @property
     def store(self) -> Store:

@@ -108,14 +108,24 @@ async def heartbeat(
             "node. 0 (default) answers at once.",
         ),
     ] = 0.0,
+    draining: Annotated[
+        bool,
+        Query(
+            description="The worker is draining (SIGTERM): nothing new is bound to it through "
+            "this beat, attempts assigned to it that it does not hold are handed back "
+            "(reason Released, no retry counted), and once it holds nothing the node is marked "
+            "dead (reason Released) so that no work is bound to a worker that left. Its next "
+            "ordinary heartbeat brings it back.",
+        ),
+    ] = False,
 ) -> HeartbeatOut:
     """Record the beat, fence what the worker holds, schedule for this node and answer."""
     principal.require(Permission.WORKER_REPORT, name)
     ctx.metrics.heartbeats.inc()
     running = [(r.job, r.attempt) for r in body.running] if body.running is not None else None
     beat = partial(ctx.farm.heartbeat, name, body.slots, body.labels, running,
-                   client_id=principal.client_id)
-    wait = min(wait_seconds, ctx.config.nodes.heartbeat_interval_seconds)
+                   client_id=principal.client_id, draining=draining)
+    wait = 0.0 if draining else min(wait_seconds, ctx.config.nodes.heartbeat_interval_seconds)
     if wait <= 0 or ctx.stopping():
         return _heartbeat_out(await run_in_threadpool(beat))
     return _heartbeat_out(await _long_poll(ctx, name, body, running, beat, wait))

@@ -20,19 +20,24 @@ Reader = Annotated[Principal, require(Permission.READ)]
 
 
 def readiness(ctx: ApiContext, head: str) -> Readiness:
-    """Database reachable and schema at the code's head revision (and not shutting down)."""
+    """Database reachable and schema at the code's head revision (and not shutting down).
+
+    `leader` says whether this replica runs the reconcile pass; it does not change
+    readiness: every replica serves the API.
+    """
     try:
         with ctx.store.read() as session:
             session.execute(sa.text("SELECT 1"))
         revision = migrate.current_revision(ctx.store)
     except Exception as exc:  # any failure to reach the database means "not ready"
         return Readiness(status="unready", database=f"unreachable: {type(exc).__name__}",
-                         schema_head=head)
+                         schema_head=head, leader=ctx.leader())
     stopping = ctx.stopping()
     ready = revision == head and not stopping
     database = "ok" if revision == head else "schema not current"
     return Readiness(status="ready" if ready else "unready", database=database,
-                     schema_revision=revision, schema_head=head, stopping=stopping)
+                     schema_revision=revision, schema_head=head, stopping=stopping,
+                     leader=ctx.leader())
 
 
 def probe_router() -> APIRouter:

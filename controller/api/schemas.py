@@ -411,5 +411,7 @@ class Readiness(BaseModel):
     schema_revision: str | None = Field(default=None, alias="schemaRevision")
     schema_head: str | None = Field(default=None, alias="schemaHead")
     stopping: bool = False
+    leader: bool = False
+    """True on the replica that holds the leader lease (runs the reconcile pass)."""
 
     model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)

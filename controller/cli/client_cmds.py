@@ -12,10 +12,10 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
@@ -27,6 +27,7 @@ from controller.cli.main import CliError
 from controller.client import ApiError, Client
 
 OUTPUT_FORMATS = ("table", "wide", "json", "yaml")
+T = TypeVar("T")
 
 ServerOption = Annotated[str | None, typer.Option("--server", help="Controller URL [env FFRTMP_SERVER].")]
 TokenOption = Annotated[str | None, typer.Option("--token", help="API token [env FFRTMP_TOKEN].")]
@@ -64,6 +65,15 @@ def connect(server: str | None, token: str | None) -> Client:
     """A client with the resolved settings."""
     resolved_server, resolved_token = client_settings(server, token)
     return Client(resolved_server, resolved_token)
+
+
+def call(server: str | None, token: str | None, action: Callable[[Client], T]) -> T:
+    """Run one API action with a fresh client; API failures become one-line CLI errors."""
+    with connect(server, token) as client:
+        try:
+            return action(client)
+        except ApiError as exc:
+            raise api_error(exc) from exc
 
 
 def api_error(exc: ApiError) -> CliError:
@@ -178,11 +188,11 @@ def get_nodes(
 ) -> None:
     """List nodes."""
     _check_output(output)
-    with connect(server, token) as client:
-        try:
-            items = list(_pages(lambda cur: client.list_nodes(status=status, limit=1000, cursor=cur)))
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    items = call(
+        server,
+        token,
+        lambda client: list(_pages(lambda cur: client.list_nodes(status=status, limit=1000, cursor=cur))),
+    )
     if emit(items, output):
         return
     table = Table(box=None, header_style="bold")
@@ -215,11 +225,9 @@ def get_manifests(
 ) -> None:
     """Per-file status of the watched directory."""
     _check_output(output)
-    with connect(server, token) as client:
-        try:
-            items = list(_pages(lambda cur: client.list_manifests(limit=1000, cursor=cur)))
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    items = call(
+        server, token, lambda client: list(_pages(lambda cur: client.list_manifests(limit=1000, cursor=cur)))
+    )
     if emit(items, output):
         return
     table = Table(box=None, header_style="bold")
@@ -346,11 +354,7 @@ def describe_node(name: str, server: ServerOption = None, token: TokenOption = N
 
 def logs(name: str, server: ServerOption = None, token: TokenOption = None) -> None:
     """Print the output tail of each attempt of a job."""
-    with connect(server, token) as client:
-        try:
-            answer = client.job_logs(name)
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    answer = call(server, token, lambda client: client.job_logs(name))
     items = answer.get("items", answer.get("attempts", []))
     for item in items:
         typer.echo(f"--- attempt {item['attempt']} on {item['node']} ({item['status']})", err=True)
@@ -382,44 +386,30 @@ def jobs_submit(
     token: TokenOption = None,
 ) -> None:
     """Create a job from fields; prints its name."""
-    with connect(server, token) as client:
-        try:
-            job = client.submit_job(scenario, priority, _params(param or []), name)
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    job = call(
+        server, token, lambda client: client.submit_job(scenario, priority, _params(param or []), name)
+    )
     typer.echo(job["name"])
 
 
 @jobs_app.command("priority")
 def jobs_priority(name: str, priority: str, server: ServerOption = None, token: TokenOption = None) -> None:
     """Change a job's priority class."""
-    with connect(server, token) as client:
-        try:
-            job = client.set_priority(name, priority)
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    job = call(server, token, lambda client: client.set_priority(name, priority))
     typer.echo(f"job/{job['name']} priority {job['priority']}")
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(name: str, server: ServerOption = None, token: TokenOption = None) -> None:
     """Cancel a job."""
-    with connect(server, token) as client:
-        try:
-            job = client.cancel_job(name)
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    job = call(server, token, lambda client: client.cancel_job(name))
     typer.echo(f"job/{job['name']} {job['status']}")
 
 
 @jobs_app.command("retry")
 def jobs_retry(name: str, server: ServerOption = None, token: TokenOption = None) -> None:
     """Retry a failed or cancelled job."""
-    with connect(server, token) as client:
-        try:
-            job = client.retry_job(name)
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    job = call(server, token, lambda client: client.retry_job(name))
     typer.echo(f"job/{job['name']} {job['status']}")
 
 
@@ -552,22 +542,14 @@ def delete(
 @delete_app.command("job")
 def delete_job(name: str, server: ServerOption = None, token: TokenOption = None) -> None:
     """Delete one job (cancelled first if it is not finished)."""
-    with connect(server, token) as client:
-        try:
-            client.delete_job(name)
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    call(server, token, lambda client: client.delete_job(name))
     typer.echo(f"job/{name} deleted")
 
 
 @delete_app.command("node")
 def delete_node(name: str, server: ServerOption = None, token: TokenOption = None) -> None:
     """Remove one node (its jobs are requeued)."""
-    with connect(server, token) as client:
-        try:
-            client.delete_node(name)
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    call(server, token, lambda client: client.delete_node(name))
     typer.echo(f"node/{name} deleted")
 
 
@@ -617,11 +599,7 @@ def queue_stats(
 ) -> None:
     """Jobs by status and pending jobs by class."""
     _check_output(output)
-    with connect(server, token) as client:
-        try:
-            stats = client.queue_stats()
-        except ApiError as exc:
-            raise api_error(exc) from exc
+    stats = call(server, token, lambda client: client.queue_stats())
     if emit(stats, output):
         return
     table = Table(box=None, header_style="bold")

@@ -43,6 +43,8 @@ def worker(
     if log_format not in ("text", "json"):
         raise typer.BadParameter("text or json", param_hint="--log-format")
     configure_logging(log_level.upper(), "json" if log_format == "json" else "text")
+    # One line per heartbeat and report is noise; failures are logged by the agent.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = WorkerSettings(
         name=name,
         server=server,
@@ -60,3 +62,16 @@ def worker(
     signal.signal(signal.SIGTERM, _drain)
     signal.signal(signal.SIGINT, _drain)
     agent.run()
+
+
+def main() -> None:
+    """`python -m controller.cli.worker_cmd`: `ffrtmp worker` without loading the other commands.
+
+    The full `ffrtmp` command imports the store and the migrations (about a second of
+    CPU); a fleet of workers restarting at once, or a test starting many, can skip that.
+    """
+    typer.run(worker)
+
+
+if __name__ == "__main__":
+    main()

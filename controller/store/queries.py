@@ -212,9 +212,15 @@ def _node_state(row: Any) -> NodeState:
 
 
 def schedulable_nodes(
-    session: Session, only: int | None = None, lock: bool = False
+    session: Session, only: int | None = None, lock: bool = False, skip_locked: bool = False
 ) -> list[NodeState]:
-    """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked."""
+    """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked.
+
+    Every binding to a node happens under that node's row lock, after counting its
+    active jobs, so two schedulers (the pass of the leader, the heartbeat path of any
+    replica) never overbook a node. With `skip_locked`, nodes another transaction holds
+    (a heartbeat filling its own node) are left out instead of waited for.
+    """
     statement = (
         sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.status, nodes_t.c.slots,
                   nodes_t.c.unschedulable, nodes_t.c.labels, nodes_t.c.reported_labels)
@@ -224,8 +230,16 @@ def schedulable_nodes(
     if only is not None:
         statement = statement.where(nodes_t.c.id == only)
     if lock and session.connection().dialect.name == "postgresql":
-        statement = statement.with_for_update(of=nodes_t)
+        statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked)
     return [_node_state(r) for r in session.execute(statement)]
+
+
+def count_schedulable_nodes(session: Session) -> int:
+    """How many nodes are ready and schedulable."""
+    return int(session.execute(
+        sa.select(sa.func.count()).select_from(nodes_t)
+        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False))
+    ).scalar_one())
 
 
 def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> dict[int, int]:

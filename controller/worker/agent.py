@@ -5,9 +5,11 @@ Threads:
   while it has a free slot, starts assignments, stops fenced attempts;
 - one watcher per attempt: waits for the process, enforces `activeDeadlineSeconds`,
   queues the final report;
-- the reporter: sends reports in order, retrying network errors with jittered
-  backoff capped at the heartbeat interval (reports are idempotent on the
-  controller, so a retry never applies twice).
+- one reporter per attempt: sends that attempt's reports in order (`running`, then
+  the final one), retrying network errors with jittered backoff capped at the
+  heartbeat interval (reports are idempotent on the controller, so a retry never
+  applies twice). Attempts don't queue behind each other: a slow or retried report
+  of one never delays another's `running` past the controller's assign timeout.
 
 The controller talks to the worker only through the answers to these calls.
 """
@@ -15,6 +17,7 @@ The controller talks to the worker only through the answers to these calls.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import re
@@ -100,11 +103,14 @@ class Worker:
         self.unreported: set[Key] = set()
         """Attempts that finished and whose final report is not acknowledged yet."""
         self._lock = threading.Lock()
-        self._reports: queue.Queue[_Report | None] = queue.Queue()
+        self._outboxes: dict[Key, queue.Queue[_Report | None]] = {}
+        """Per attempt, the reports its reporter thread has yet to send (None: no more)."""
+        self._reporters: list[threading.Thread] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._draining = threading.Event()
-        self._reporter: threading.Thread | None = None
+        self._hurry = threading.Event()
+        """A second SIGTERM: end the drain's grace at once."""
         self._failures = 0
         self.stats = {"started": 0, "completed": 0, "failed": 0, "released": 0, "fenced": 0}
 
@@ -112,29 +118,44 @@ class Worker:
 
     def run(self) -> None:
         """Serve until `drain()` (SIGTERM) has handed everything back or finished it."""
-        self._reporter = threading.Thread(target=self._report_loop, name="ffrtmp-reporter", daemon=True)
-        self._reporter.start()
         log.info("[Worker] %s serving %s with %d slot(s), labels %s", self.settings.name,
                  self.client.server, self.settings.slots, self.labels)
         try:
             while not self._draining.is_set():
-                self._beat_once()
+                try:
+                    self._beat_once()
+                except Exception:  # an answer we did not expect must not orphan running jobs
+                    log.exception("[Worker] heartbeat loop error")
+                    self._pause(self._backoff())
             self._finish_drain()
         finally:
-            self._reports.put(None)
-            self._reporter.join(timeout=self.interval + 5)
+            self._stopping.set()
+            end = time.monotonic() + 5
+            for reporter in list(self._reporters):
+                reporter.join(timeout=max(end - time.monotonic(), 0.0))
 
     def drain(self) -> None:
-        """Stop taking work; running jobs get `drain_grace_seconds`, then are handed back."""
-        if not self._draining.is_set():
+        """Stop taking work; running jobs get `drain_grace_seconds`, then are handed back.
+
+        A second call ends the grace at once.
+        """
+        if self._draining.is_set():
+            log.info("[Worker] %s: draining now, without waiting for running jobs", self.settings.name)
+            self._hurry.set()
+        else:
             log.info("[Worker] %s draining: no new work", self.settings.name)
         self._draining.set()
         self._wake.set()
 
     def held(self) -> list[Key]:
-        """Every attempt this worker holds: running, or finished with the report pending."""
+        """Every attempt this worker holds: running, or finished with the report pending.
+
+        An attempt the controller told us to stop is no longer ours, even while its
+        process group is still being killed (or the controller would say so again).
+        """
         with self._lock:
-            return sorted(set(self.executions) | self.unreported)
+            running = {k for k, e in self.executions.items() if e.killed_for != "cancel"}
+            return sorted(running | self.unreported)
 
     def free_slots(self) -> int:
         """Slots not taken by a running attempt."""
@@ -143,30 +164,39 @@ class Worker:
 
     # --- heartbeats ----------------------------------------------------------------------------
 
-    def _beat_once(self) -> None:
+    def _beat_once(self, until: float | None = None) -> None:
+        """One heartbeat (a long-poll when a slot is free), then what it says; paces the loop.
+
+        Draining, the beat tells the controller so: it binds nothing new to this node,
+        and nothing is started. `until` bounds the pause after the beat.
+        """
+        draining = self._draining.is_set()
         idle = self.free_slots() > 0
-        wait = self.interval if (self.settings.long_poll and idle) else 0.0
+        wait = self.interval if (self.settings.long_poll and idle and not draining) else 0.0
         began = self.clock()
         try:
             reply = self.client.heartbeat(self.settings.name, self.settings.slots, self.labels,
-                                          self.held(), wait_seconds=wait)
+                                          self.held(), wait_seconds=wait, draining=draining)
         except ApiError as exc:
             if exc.status in (401, 403):
                 log.error("[Worker] heartbeat refused: %s", exc)
             else:
                 log.warning("[Worker] heartbeat failed: %s", exc)
-            self._pause(self._backoff())
+            self._pause(self._backoff(), until)
             return
         self._failures = 0
         self.interval = float(reply.get("heartbeatIntervalSeconds") or self.interval)
         for ref in reply.get("cancel", []):
             self._stop_attempt((ref["job"], ref["attempt"]), "cancel")
-        for assignment in reply.get("assignments", []):
+        assignments = reply.get("assignments", [])
+        for assignment in assignments:
             self._start(assignment)
-        # Beat at least once per interval; a finished job (a freed slot) wakes us at once.
-        elapsed = self.clock() - began
-        if not reply.get("assignments") and (not idle or not self.settings.long_poll):
-            self._pause(max(self.interval - elapsed, 0.0))
+        if assignments or reply.get("cancel"):
+            return  # at once: tell what it holds now, and long-poll again if a slot is free
+        # Beat at least once per interval. A long-poll that held the whole interval needs
+        # no pause; one answered early with nothing to do (a controller shutting down)
+        # must not turn into a busy loop. A finished job (a freed slot) ends the pause.
+        self._pause(max(self.interval - (self.clock() - began), 0.0), until)
 
     def _backoff(self) -> float:
         """Jittered exponential backoff capped at the heartbeat interval."""
@@ -174,7 +204,9 @@ class Worker:
         ceiling = min(self.interval, 0.1 * (2 ** min(self._failures, 10)))
         return random.uniform(ceiling / 2, ceiling)
 
-    def _pause(self, seconds: float) -> None:
+    def _pause(self, seconds: float, until: float | None = None) -> None:
+        if until is not None:
+            seconds = min(seconds, until - self.clock())
         if seconds > 0 and self._wake.wait(seconds):
             self._wake.clear()
 
@@ -186,24 +218,33 @@ class Worker:
             if key in self.executions or key in self.unreported:
                 return
         if self._draining.is_set():
-            self._reports.put(_Report(key[0], key[1], "released", message="worker is draining"))
+            # Not started: the next (draining) heartbeat does not list it, and the
+            # controller hands it back (Released) without counting a retry.
+            log.info("[Worker] draining: not starting %s attempt %d", key[0], key[1])
             return
         deadline = assignment.get("activeDeadlineSeconds")
         try:
-            execution = runner.start(key[0], key[1], assignment["command"], deadline, self.clock)
+            execution = runner.start(key[0], key[1], assignment["command"], deadline, self.clock,
+                                     env=self._job_env(key))
         except (OSError, ValueError) as exc:
             log.warning("[Worker] cannot start %s attempt %d: %s", key[0], key[1], exc)
             with self._lock:
                 self.unreported.add(key)
-            self._reports.put(_Report(key[0], key[1], "failed", exit_code=127,
-                                      message=f"cannot start {assignment['command'][:1]}: {exc}"))
+            self._send(_Report(key[0], key[1], "failed", exit_code=127,
+                               message=f"cannot start {assignment['command'][:1]}: {exc}"))
             return
         with self._lock:
             self.executions[key] = execution
         self.stats["started"] += 1
         log.info("[Worker] started %s attempt %d (pid %d)", key[0], key[1], execution.pid)
-        self._reports.put(_Report(key[0], key[1], "running", final=False))
+        self._send(_Report(key[0], key[1], "running", final=False))
         threading.Thread(target=self._watch, args=(execution,), name=f"watch-{key[0]}", daemon=True).start()
+
+    def _job_env(self, key: Key) -> dict[str, str]:
+        """The worker's environment without its token, plus which attempt this is."""
+        env = {k: v for k, v in os.environ.items() if k != "FFRTMP_TOKEN"}
+        env.update(FFRTMP_JOB=key[0], FFRTMP_ATTEMPT=str(key[1]), FFRTMP_NODE=self.settings.name)
+        return env
 
     def _watch(self, execution: runner.Execution) -> None:
         key: Key = (execution.job, execution.attempt)
@@ -218,16 +259,16 @@ class Worker:
         outcome = execution.outcome()
         with self._lock:
             self.executions.pop(key, None)
-            if execution.killed_for in ("cancel",):
-                self._wake.set()
-                return
-            self.unreported.add(key)
-        if execution.killed_for == "drain":
-            self._reports.put(_Report(key[0], key[1], "released", message="handed back by a draining worker",
-                                      log_tail=execution.tail.text()))
+            if execution.killed_for != "cancel":
+                self.unreported.add(key)
+        if execution.killed_for == "cancel":
+            self._send(None, key)  # fenced: nothing more to say about it
+        elif execution.killed_for == "drain":
+            self._send(_Report(key[0], key[1], "released", message="handed back by a draining worker",
+                               log_tail=execution.tail.text()))
         else:
-            self._reports.put(_Report(key[0], key[1], outcome.state, outcome.exit_code, outcome.message,
-                                      execution.tail.text(), outcome.reason))
+            self._send(_Report(key[0], key[1], outcome.state, outcome.exit_code, outcome.message,
+                               execution.tail.text(), outcome.reason))
         self._wake.set()
 
     def _stop_attempt(self, key: Key, why: str) -> None:
@@ -237,20 +278,50 @@ class Worker:
         if execution is not None and execution.poll() is None:
             log.info("[Worker] stopping %s attempt %d (%s)", key[0], key[1], why)
             self.stats["fenced"] += 1
-            execution.kill(why, self.settings.kill_grace_seconds)
+            self._kill(execution, why)
+
+    def _kill(self, execution: runner.Execution, why: str) -> threading.Thread:
+        """Stop an attempt's process group in the background (the grace must not stall heartbeats)."""
+        if execution.killed_for is None:
+            execution.killed_for = why  # before any signal: the watcher reads it on exit
+        killer = threading.Thread(target=execution.kill, args=(why, self.settings.kill_grace_seconds),
+                                  name=f"kill-{execution.job}", daemon=True)
+        killer.start()
+        return killer
 
     # --- reports -------------------------------------------------------------------------------
 
-    def _report_loop(self) -> None:
-        while True:
-            report = self._reports.get()
-            if report is None:
-                return
-            self._deliver(report)
+    def _send(self, report: _Report | None, key: Key | None = None) -> None:
+        """Queue a report (None: the attempt's last word) for the attempt's own reporter thread."""
+        key = key if report is None else (report.job, report.attempt)
+        assert key is not None
+        with self._lock:
+            outbox = self._outboxes.get(key)
+            if outbox is None:
+                if report is None:
+                    return
+                outbox = self._outboxes[key] = queue.Queue()
+                reporter = threading.Thread(target=self._report_loop, args=(key, outbox),
+                                            name=f"report-{key[0]}-{key[1]}", daemon=True)
+                self._reporters = [t for t in self._reporters if t.is_alive()] + [reporter]
+                reporter.start()
+        outbox.put(report)
 
-    def _deliver(self, report: _Report) -> None:
+    def _report_loop(self, key: Key, outbox: queue.Queue[_Report | None]) -> None:
+        try:
+            while not self._stopping.is_set():
+                report = outbox.get()
+                if report is None or not self._deliver(report) or report.final:
+                    return
+        finally:
+            with self._lock:
+                self._outboxes.pop(key, None)
+
+    def _deliver(self, report: _Report) -> bool:
+        """Send one report until the controller answers; False when the attempt is no longer ours."""
         key: Key = (report.job, report.attempt)
         failures = 0
+        accepted = True
         while True:
             try:
                 self.client.report(report.job, report.attempt, report.state,  # type: ignore[arg-type]
@@ -262,36 +333,58 @@ class Worker:
                     # Fenced: the attempt is no longer ours. Stop it if it still runs.
                     log.info("[Worker] %s attempt %d is stale: %s", report.job, report.attempt, exc.message)
                     self._stop_attempt(key, "cancel")
+                    accepted = False
                     break
                 if exc.status and exc.status != 429 and exc.status < 500:
                     log.error("[Worker] report of %s attempt %d refused: %s", report.job, report.attempt, exc)
+                    accepted = False
                     break
                 failures += 1
                 ceiling = min(self.interval, 0.1 * (2 ** min(failures, 10)))
                 if self._stopping.wait(random.uniform(ceiling / 2, ceiling)):
-                    return
+                    return False
         if report.final:
             with self._lock:
                 self.unreported.discard(key)
-            self.stats[report.state if report.state in self.stats else "failed"] += 1
+            self.stats[report.state if accepted else "fenced"] += 1
+        return accepted
 
     # --- draining ------------------------------------------------------------------------------
 
     def _finish_drain(self) -> None:
+        """Let running jobs finish within the grace, hand back the rest, say goodbye.
+
+        Heartbeats go on during the grace (a grace longer than the controller's node
+        timeout must not get the node declared dead and its jobs run twice). The last
+        beat, holding nothing, tells the controller this node left, so that no work is
+        bound to it until it comes back; it is sent only once every report is
+        acknowledged, or the controller would take unreported attempts for lost.
+        """
         deadline = self.clock() + self.settings.drain_grace_seconds
         while self.free_slots() < self.settings.slots and self.clock() < deadline:
-            self._wake.wait(min(0.2, max(deadline - self.clock(), 0.0)))
-            self._wake.clear()
+            if self._hurry.is_set():
+                break
+            self._beat_once(until=deadline)
         with self._lock:
             leftovers = list(self.executions.values())
         for execution in leftovers:
-            execution.kill("drain", self.settings.kill_grace_seconds)
-        # Wait for the watchers to queue the hand-backs, then for the reports to go out.
+            log.info("[Worker] handing back %s attempt %d", execution.job, execution.attempt)
+            self._kill(execution, "drain")
+        # The watchers queue the hand-backs; then the reports go out.
         end = self.clock() + self.settings.kill_grace_seconds + 5
-        while self.executions and self.clock() < end:
-            time.sleep(0.05)
+        while self.free_slots() < self.settings.slots and self.clock() < end:
+            time.sleep(0.02)
         flush_end = self.clock() + max(self.interval, 5.0)
-        while self.unreported and self.clock() < flush_end:
-            time.sleep(0.05)
+        while self.held() and self.clock() < flush_end:
+            time.sleep(0.02)
+        if self.held():
+            log.warning("[Worker] %s: reports not acknowledged, leaving without saying goodbye: %s",
+                        self.settings.name, self.held())
+        else:
+            try:
+                self.client.heartbeat(self.settings.name, self.settings.slots, self.labels, [],
+                                      draining=True)
+            except ApiError as exc:
+                log.warning("[Worker] goodbye heartbeat failed: %s", exc)
         self._stopping.set()
         log.info("[Worker] %s drained (%s)", self.settings.name, self.stats)

@@ -5,19 +5,27 @@ process group and everything it spawns (ffmpeg's helpers, a shell script's
 children) is killed with it. Output (stdout and stderr, merged) is drained by a
 thread into a bounded tail, so a chatty process never blocks on a full pipe and
 never grows the worker's memory.
+
+On Linux each attempt's leader also gets a parent-death signal (SIGKILL when the
+worker dies), so a worker killed with `kill -9` leaves no orphan behind: the
+controller requeues the attempt, and it must not keep running unsupervised.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 TAIL_BYTES = 16 * 1024
 """Bytes of output kept per attempt (the end of it), sent with the final report."""
@@ -111,6 +119,35 @@ class Execution:
         return Outcome("failed", code, None, f"exit code {code}")
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl on Linux, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _die_with_worker() -> Callable[[], None] | None:
+    """A pre-exec hook making the child get SIGKILL when its parent dies (Linux), or None."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before prctl took effect
+            os._exit(137)
+
+    return hook
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -133,8 +170,13 @@ def start(
     clock: Callable[[], float] = time.monotonic,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
+    die_with_worker: bool = True,
 ) -> Execution:
-    """Start one attempt in its own process group; OSError if the program can't start."""
+    """Start one attempt in its own process group; OSError if the program can't start.
+
+    With `die_with_worker` (Linux), the attempt is killed when the thread that started
+    it ends: call it from a thread that lives as long as the worker (the agent's loop).
+    """
     if not command:
         raise ValueError("empty command")
     process = subprocess.Popen(  # argv list, no shell: parameters are never interpreted
@@ -145,6 +187,9 @@ def start(
         start_new_session=True,
         env=env,
         cwd=cwd,
+        # The hook only calls prctl (async-signal-safe in practice); it is what keeps a
+        # `kill -9` of the worker from leaving attempts running that nobody supervises.
+        preexec_fn=_die_with_worker() if die_with_worker else None,  # noqa: PLW1509
     )
     now = clock()
     execution = Execution(

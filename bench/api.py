@@ -1,0 +1,275 @@
+"""The worker protocol and the submission routes against a real controller process (issue 4).
+
+- heartbeats: N simulated nodes (each with its own worker token, auth on) beat
+  (a) paced: an offered rate of `rate`/s spread over the nodes for `seconds`, latency
+      measured from the *scheduled* send time (no coordinated omission);
+  (b) saturated: `concurrency` loops beating back to back.
+  Node timeout is 5 s during the run: any node declared dead is a false death.
+- submissions: `POST /jobs` one by one (1 and 16 in flight), and `POST /apply` in
+  batches of 1,000 jobs (JSON).
+- delivery: an idle node long-polls; a job is submitted; the time until its long-poll
+  answers with the assignment (issue 4: p50 < 20 ms, p99 < 100 ms).
+
+The load generator is one asyncio process of httpx clients; its own CPU use is
+recorded, since on 2 cores it competes with the controller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.farm import Controller, mint_tokens, percentiles
+from bench.machine import busy_cores, cpu_seconds, process_cpu_seconds
+from bench.profile import recording
+
+NOOP_SCENARIO = {"apiVersion": "ffrtmp.io/v1", "kind": "Scenario", "metadata": {"name": "noop"},
+                 "spec": {"command": ["true"], "defaults": {}}}
+HEARTBEAT_ENV = {"FFRTMP_FAULT_TOLERANCE__NODE_TIMEOUT_SECONDS": "5",
+                 "FFRTMP_FAULT_TOLERANCE__ASSIGN_TIMEOUT_SECONDS": "5"}
+
+
+def node_names(count: int) -> list[str]:
+    """`sim-00000`, `sim-00001`, ..."""
+    return [f"sim-{i:05d}" for i in range(count)]
+
+
+async def _beat(client: httpx.AsyncClient, node: str, token: str) -> int:
+    response = await client.post(f"/nodes/{node}/heartbeat", json={"slots": 4, "labels": {}, "running": []},
+                                 headers={"Authorization": f"Bearer {token}"})
+    return response.status_code
+
+
+async def _paced(client: httpx.AsyncClient, tokens: dict[str, str], rate: float, seconds: float,
+                 max_in_flight: int) -> dict[str, Any]:
+    names = list(tokens)
+    latencies: list[float] = []
+    errors = 0
+    dropped = 0
+    in_flight = asyncio.Semaphore(max_in_flight)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(node: str, scheduled: float) -> None:
+        nonlocal errors
+        try:
+            status = await _beat(client, node, tokens[node])
+            if status != 200:
+                errors += 1
+            latencies.append(time.perf_counter() - scheduled)
+        except httpx.HTTPError:
+            errors += 1
+        finally:
+            in_flight.release()
+
+    count = int(rate * seconds)
+    began = time.perf_counter()
+    for i in range(count):
+        scheduled = began + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if in_flight.locked():
+            dropped += 1  # the controller is this far behind: counted, not sent
+            continue
+        await in_flight.acquire()
+        task = asyncio.create_task(one(names[i % len(names)], scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - began
+    return {"offered_per_s": rate, "seconds": round(elapsed, 2), "sent": count - dropped, "dropped": dropped,
+            "errors": errors, "achieved_per_s": round(len(latencies) / elapsed, 1),
+            "latency_ms": percentiles(latencies), "samples_ms": [round(x * 1000, 2) for x in latencies[::max(1, len(latencies) // 2000)]]}
+
+
+async def _saturated(client: httpx.AsyncClient, tokens: dict[str, str], concurrency: int,
+                     seconds: float) -> dict[str, Any]:
+    names = list(tokens)
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+    counter = iter(range(10**9))
+
+    async def loop() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            node = names[next(counter) % len(names)]
+            began = time.perf_counter()
+            try:
+                if await _beat(client, node, tokens[node]) != 200:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append(time.perf_counter() - began)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - began
+    return {"concurrency": concurrency, "seconds": round(elapsed, 2), "errors": errors,
+            "per_s": round(len(latencies) / elapsed, 1), "latency_ms": percentiles(latencies)}
+
+
+async def _dead_nodes(client: httpx.AsyncClient, admin: str) -> int:
+    response = await client.get("/audit", params={"eventType": "node.transition", "limit": 1000},
+                                headers={"Authorization": f"Bearer {admin}"})
+    return sum(1 for e in response.json()["items"] if e["details"].get("to") == "dead")
+
+
+async def _heartbeats(url: str, admin: str, tokens: dict[str, str], rate: float, seconds: float,
+                      concurrency: int, pid: int, profile: Path | None) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        # Register every node first (the first heartbeat creates it).
+        sem = asyncio.Semaphore(32)
+
+        async def register(node: str) -> None:
+            async with sem:
+                await _beat(client, node, tokens[node])
+
+        began = time.perf_counter()
+        await asyncio.gather(*(register(n) for n in tokens))
+        registration = time.perf_counter() - began
+        cpu0, wall0, own0 = cpu_seconds(), time.monotonic(), time.process_time()
+        paced = await _paced(client, tokens, rate, seconds, max_in_flight=256)
+        paced["machine_busy_cores"] = busy_cores(cpu0, wall0)
+        paced["load_generator_cores"] = round((time.process_time() - own0) / paced["seconds"], 2)
+        cpu0, wall0, own0 = cpu_seconds(), time.monotonic(), time.process_time()
+        ctl0 = process_cpu_seconds(pid)
+        with recording(pid, profile, seconds) if profile else contextlib.nullcontext():
+            saturated = await _saturated(client, tokens, concurrency, seconds)
+        saturated["controller_cpu_ms_per_beat"] = round(
+            (process_cpu_seconds(pid) - ctl0) / max(saturated["latency_ms"]["n"], 1) * 1000, 2)
+        saturated["machine_busy_cores"] = busy_cores(cpu0, wall0)
+        saturated["load_generator_cores"] = round((time.process_time() - own0) / saturated["seconds"], 2)
+        await asyncio.sleep(1.5)  # a pass or two after the load: would anyone be declared dead?
+        dead = await _dead_nodes(client, admin)
+    return {"registration_seconds": round(registration, 2), "paced": paced, "saturated": saturated,
+            "false_deaths": dead}
+
+
+def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32, patched: bool = False,
+               profile: Path | None = None) -> dict[str, Any]:
+    """Heartbeat throughput and latency from `nodes` simulated nodes (a fresh controller on SQLite)."""
+    with tempfile.TemporaryDirectory(prefix="ffrtmp-bench-hb-") as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        began = time.perf_counter()
+        admin, tokens = mint_tokens(url, node_names(nodes))
+        minted = time.perf_counter() - began
+        controller = Controller(url, Path(tmp), env=HEARTBEAT_ENV, patched=patched)
+        controller.start()
+        try:
+            result = asyncio.run(_heartbeats(controller.url, admin, tokens, rate, seconds, concurrency,
+                                             controller.pid, profile))
+        finally:
+            controller.stop()
+    return {"nodes": nodes, "auth": "on (one worker token per node)", "token_mint_seconds": round(minted, 1),
+            "controller": "with the write-lock patch" if patched else "as is",
+            **result}
+
+
+async def _submissions(url: str, admin: str, one_by_one: int, batches: int, batch_size: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {admin}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as client:
+        (await client.post("/apply", json={"items": [NOOP_SCENARIO]})).raise_for_status()
+        out: dict[str, Any] = {}
+        for concurrency in (1, 16):
+            latencies: list[float] = []
+            names = iter(range(one_by_one))
+            prefix = f"one-c{concurrency}"
+            errors = 0
+
+            async def loop(prefix: str = prefix, latencies: list[float] = latencies,
+                           names: Any = names) -> None:
+                nonlocal errors
+                for i in names:
+                    began = time.perf_counter()
+                    response = await client.post("/jobs", json={"scenario": "noop", "priority": "medium",
+                                                                "name": f"{prefix}-{i}"})
+                    latencies.append(time.perf_counter() - began)
+                    errors += response.status_code != 201
+
+            began = time.perf_counter()
+            await asyncio.gather(*(loop() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - began
+            out[f"one_by_one_c{concurrency}"] = {"jobs": one_by_one, "in_flight": concurrency, "errors": errors,
+                                                 "per_s": round(one_by_one / elapsed, 1),
+                                                 "latency_ms": percentiles(latencies)}
+        latencies = []
+        errors = 0
+        began = time.perf_counter()
+        for b in range(batches):
+            items = [{"apiVersion": "ffrtmp.io/v1", "kind": "Job", "metadata": {"name": f"apply-{b}-{j}"},
+                      "spec": {"scenario": "noop", "priority": "low", "parameters": {"n": j}}}
+                     for j in range(batch_size)]
+            t0 = time.perf_counter()
+            response = await client.post("/apply", json={"items": items})
+            latencies.append(time.perf_counter() - t0)
+            errors += sum(r["result"] != "created" for r in response.json()["results"])
+        elapsed = time.perf_counter() - began
+        out["apply_batches"] = {"jobs": batches * batch_size, "batch": batch_size, "errors": errors,
+                                "per_s": round(batches * batch_size / elapsed, 1),
+                                "batch_latency_ms": percentiles(latencies)}
+    return out
+
+
+def submissions(one_by_one: int, batches: int, batch_size: int = 1000) -> dict[str, Any]:
+    """Jobs per second through `POST /jobs` and `POST /apply` (a fresh controller on SQLite, no nodes)."""
+    with tempfile.TemporaryDirectory(prefix="ffrtmp-bench-sub-") as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        admin, _ = mint_tokens(url, [])
+        controller = Controller(url, Path(tmp))
+        controller.start()
+        try:
+            result = asyncio.run(_submissions(controller.url, admin, one_by_one, batches, batch_size))
+        finally:
+            controller.stop()
+    return {"auth": "on (admin token)", **result}
+
+
+async def _delivery(url: str, admin: str, token: str, node: str, samples: int) -> dict[str, Any]:
+    worker_headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client, \
+            httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {admin}"}) as admin_client:
+        (await admin_client.post("/apply", json={"items": [NOOP_SCENARIO]})).raise_for_status()
+        body = {"slots": 1, "labels": {}, "running": []}
+        (await client.post(f"/nodes/{node}/heartbeat", json=body, headers=worker_headers)).raise_for_status()
+        latencies: list[float] = []
+        for i in range(samples):
+            poll = asyncio.create_task(client.post(f"/nodes/{node}/heartbeat", params={"waitSeconds": 5},
+                                                   json=body, headers=worker_headers))
+            await asyncio.sleep(0.03)  # the worker is idle and waiting
+            began = time.perf_counter()
+            submitted = await admin_client.post("/jobs", json={"scenario": "noop", "name": f"d-{i}"})
+            submitted.raise_for_status()
+            reply = (await poll).json()
+            if not reply["assignments"]:  # answered before the job arrived: wait for the next answer
+                reply = (await client.post(f"/nodes/{node}/heartbeat", params={"waitSeconds": 5}, json=body,
+                                           headers=worker_headers)).json()
+            latencies.append(time.perf_counter() - began)
+            for assignment in reply["assignments"]:
+                for state in ("running", "completed"):
+                    await client.post(f"/jobs/{assignment['job']}/attempts/{assignment['attempt']}",
+                                      json={"state": state, "exitCode": 0}, headers=worker_headers)
+    return {"samples": samples, "latency_ms": percentiles(latencies),
+            "samples_ms": [round(x * 1000, 2) for x in latencies]}
+
+
+def delivery(samples: int) -> dict[str, Any]:
+    """Submit-to-assignment-delivered with an idle long-polling node (a fresh controller on SQLite)."""
+    with tempfile.TemporaryDirectory(prefix="ffrtmp-bench-del-") as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        admin, tokens = mint_tokens(url, ["idle-0"])
+        controller = Controller(url, Path(tmp))
+        controller.start()
+        try:
+            result = asyncio.run(_delivery(controller.url, admin, tokens["idle-0"], "idle-0", samples))
+        finally:
+            controller.stop()
+    return {"auth": "on", **result}

@@ -1,0 +1,1 @@
+"""The peers' applications, importable by their own consumer/worker commands."""
