@@ -286,13 +286,16 @@ class Reconciler:
 
     def check_timeouts(self, now: datetime, result: PassResult) -> None:
         """Running jobs past their stall limit and assigned jobs never started: retry or fail."""
+        # The assign timeout gets the start-time grace too: a worker's `running` report
+        # sent while this controller was down (or not yet leading) could not be received.
+        assign_grace = (now - self.started_at).total_seconds() <= self.config.fault_tolerance.assign_timeout
         with self.store.write() as session:
             transitions = []
             for job in queries.timed_out_jobs(session, now):
                 if job.status is JobStatus.RUNNING:
                     transitions.append(lost_attempt(job, Reason.STALLED, now, self.config,
                                                     "running longer than its stall limit"))
-                else:
+                elif not assign_grace:
                     transitions.append(lost_attempt(job, Reason.ASSIGN_TIMEOUT, now, self.config,
                                                     "not started by its node in time"))
             apply_job_transitions(session, transitions, now)

@@ -219,8 +219,6 @@ class LiveFarm:
     """The last worker started under each name."""
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
-    workers_by_hand: list[str] = field(default_factory=list)
-    """Nodes the test heartbeats for itself (deleted after it, like the workers' nodes)."""
     logs: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -325,7 +323,7 @@ class LiveFarm:
                     process.wait(5)
             _kill_marked(f"FFRTMP_E2E_RUN={self.marker}")
             if self.controller.process is not None and self.controller.process.poll() is None:
-                for name in [*self.workers, *self.workers_by_hand]:
+                for name in self.workers:
                     with contextlib.suppress(ApiError):
                         self.admin.delete_node(name)
         finally:

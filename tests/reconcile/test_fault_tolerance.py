@@ -324,3 +324,42 @@ def test_mass_failure_threshold_is_a_strict_ratio(threshold: float) -> None:
         c.tick(31)
         result = c.reconcile()
         assert len(result.dead_nodes) == 5  # 5 of 10 = 0.5: not more than either threshold
+
+
+def test_assign_timeout_also_waits_out_the_start_grace(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with Cluster(start="2026-01-01T10:00:00Z", config={"database": {"url": url},
+                                                        "faultTolerance": {"assignTimeoutSeconds": 20}}) as c:
+        c.apply(SCENARIO + job("a"))
+        c.heartbeat("w1")
+        c.reconcile()
+        assert c.job("a").status == "assigned"
+    # Down for a minute: the worker's `running` report could not be received meanwhile.
+    config = {"database": {"url": url}, "faultTolerance": {"assignTimeoutSeconds": 20}}
+    with Cluster(start="2026-01-01T10:01:00Z", config=config) as c:
+        c.heartbeat("w1")
+        c.reconcile()
+        assert c.job("a").status == "assigned"
+        c.report("a", "running")  # arrives after the restart: still current
+        assert c.job("a").status == "running"
+    with Cluster(start="2026-01-01T10:03:00Z", config=config) as c:
+        c.reconcile()  # a running job is judged by its stall limit, not the assign timeout
+        assert c.job("a").status == "running"
+
+
+def test_assign_timeout_fires_once_the_start_grace_is_over(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    config = {"database": {"url": url}, "faultTolerance": {"assignTimeoutSeconds": 20}}
+    with Cluster(start="2026-01-01T10:00:00Z", config=config) as c:
+        c.apply(SCENARIO + job("a"))
+        c.heartbeat("w1")
+        c.reconcile()
+    with Cluster(start="2026-01-01T10:01:00Z", config=config) as c:
+        c.heartbeat("w1")
+        c.tick(20)
+        c.heartbeat("w1")
+        c.reconcile()
+        assert c.job("a").status == "assigned"
+        c.tick(0.001)
+        c.reconcile()
+        assert c.job("a").reason == "AssignTimeout"
