@@ -283,6 +283,7 @@ def up(
 def _summary(console: Console, jobs: Sequence[Mapping[str, Any]]) -> int:
     counts = Counter(j["status"] for j in jobs)
     skipped = [j["name"] for j in jobs if j["status"] == "pending"]
+    console.print()  # the live view may leave the cursor at the end of its last line
     console.print(
         f"done: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed, "
         f"{counts.get('cancelled', 0)} cancelled",
