@@ -68,6 +68,13 @@ class StaleAttempt(Conflict):
     code = "StaleAttempt"
 
 
+class WrongNode(FarmError):
+    """A worker token reports on an attempt that ran on another node."""
+
+    status_code = 403
+    code = "Forbidden"
+
+
 class InvalidRequest(FarmError):
     """The request is well-formed but not acceptable."""
 
@@ -310,15 +317,17 @@ class Farm:
                 )
                 revived = row.status == str(NodeStatus.DEAD)
             held = {(j, a) for j, a in running} if running is not None else None
-            cancel = self._fence(session, row, held, at, client_id)
+            # The common beat: an idle worker on an idle node. One probe then spares the
+            # fencing query and, when nothing is bound to it below, the assignments query.
+            idle = not held and not queries.node_has_active_jobs(session, row.id)
+            cancel = [] if idle else self._fence(session, row, held, at, client_id)
             released = False
             if draining:
                 released = self._leave(session, row, held, at, client_id)
                 assignments: list[Assignment] = []
             else:
-                if not row.unschedulable:
-                    schedule(session, at, self.config, only_node=row.id)
-                assignments = self._assignments(session, row.id, held)
+                bound = [] if row.unschedulable else schedule(session, at, self.config, only_node=row.id)
+                assignments = [] if idle and not bound else self._assignments(session, row.id, held)
         if registered or revived or assignments or released:
             self._changed()
         return HeartbeatReply(assignments, cancel, self.config.nodes.heartbeat_interval_seconds,
@@ -358,11 +367,11 @@ class Farm:
         client_id: str | None,
     ) -> list[tuple[str, int]]:
         """Attempts the worker must stop, and running jobs the worker no longer holds."""
+        if held is None:
+            return []  # not told what the worker holds: nothing to conclude
         active = queries.active_jobs_on_node(session, row.id)
         current = {(j.name, j.attempt) for j in active}
-        cancel = sorted(held - current) if held is not None else []
-        if held is None:
-            return cancel
+        cancel = sorted(held - current)
         lost = [
             lost_attempt(j, Reason.NODE_RESTARTED, at, self.config,
                          f"node {row.name} no longer runs attempt {j.attempt}")
@@ -439,10 +448,14 @@ class Farm:
         node: str | None = None,
         client_id: str | None = None,
         now: datetime | None = None,
+        *,
+        node_bound: bool = False,
     ) -> ReportResult:
         """Apply a worker's report for one attempt: fenced (StaleAttempt) and idempotent.
 
-        `node`, when given (a worker token), must be the node the attempt runs on.
+        `node`, when given, must be the node the attempt runs on. With `node_bound` (the
+        caller is a worker token of `node`), an attempt that ran on another node raises
+        `WrongNode` (403) before fencing is even considered.
         """
         if state not in REPORT_STATES:
             raise InvalidRequest(f"state must be one of {', '.join(REPORT_STATES)}")
@@ -453,6 +466,16 @@ class Farm:
             row = self._job(session, job)
             node_name = self._node_name(session, row.node_id)
             status = JobStatus(row.status)
+            if node_bound:
+                # The current active attempt runs on the job's node; older ones say in their history.
+                if row.attempt == attempt and status in ACTIVE_JOB_STATUSES:
+                    owner = node_name
+                else:
+                    history = queries.attempt_row(session, row.id, attempt)
+                    owner = history.node_name if history is not None else None
+                if owner is not None and owner != node:
+                    raise WrongNode(f"attempt {attempt} of job {job!r} ran on node {owner!r}, "
+                                    f"not {node!r}")
             current = (
                 row.attempt == attempt
                 and status in ACTIVE_JOB_STATUSES

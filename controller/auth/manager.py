@@ -16,6 +16,7 @@ import logging
 import math
 from datetime import UTC, datetime, timedelta
 
+from controller.auth.cache import TokenCache
 from controller.auth.errors import (
     InvalidToken,
     InvalidTokenRequest,
@@ -64,6 +65,7 @@ class AuthManager:
         self.metrics = metrics
         self.rate_limiter = TokenBucketLimiter(config.rate_limit_per_minute)
         self.failed_auth_limiter = FailedAuthLimiter(config.failed_auth_per_minute)
+        self.token_cache = TokenCache()
 
     @property
     def enabled(self) -> bool:
@@ -197,8 +199,12 @@ class AuthManager:
         if not isinstance(token, str) or not is_well_formed(token):
             raise InvalidToken("malformed token")
         digest = hash_token(token)
-        with self.db.read() as session:
-            stored = token_store.find_token_by_hash(session, digest)
+        cached = self.token_cache.get(digest, now)
+        if cached is None:
+            with self.db.read() as session:
+                stored = token_store.find_token_by_hash(session, digest)
+        else:
+            stored = cached
         # The lookup is by the SHA-256 of what was presented, never by the token:
         # whatever the database's index comparison leaks through timing is about
         # hashes, and knowing how a hash of a guess compares with a stored hash does
@@ -211,11 +217,15 @@ class AuthManager:
             raise TokenRevoked(f"token {stored.id} was revoked")
         if now >= stored.expires_at:
             raise TokenExpired(f"token {stored.id} expired")
+        # Only a live token is cached; a cached one is checked for expiry above every time.
+        if cached is None:
+            self.token_cache.put(digest, stored, now)
         last = stored.last_used_at
         if last is None or now - last >= token_store.LAST_USED_RESOLUTION:
             # Only here do we write: at most once a minute per token (see touch_token).
             with self.db.write() as session:
                 token_store.touch_token(session, stored.id, now)
+            self.token_cache.touched(digest, now)
         return Principal(
             client_id=stored.client_id, role=Role(stored.role), node=stored.node, token_id=stored.id
         )
@@ -267,15 +277,19 @@ class AuthManager:
         Revoking a revoked token is accepted and changes nothing (no second audit row).
         """
         now = _utcnow(now)
-        with self.db.write() as session:
-            info = token_store.get_token(session, token_id)
-            if info is None:
-                return False
-            if info.revoked_at is not None:
-                return True
-            token_store.revoke_token(session, token_id, now)
-            details = {"clientId": info.client_id, "role": info.role, "node": info.node}
-            write_audit(session, "token.revoked", "token", token_id, details, now, actor)
+        try:
+            with self.db.write() as session:
+                info = token_store.get_token(session, token_id)
+                if info is None:
+                    return False
+                if info.revoked_at is not None:
+                    return True
+                token_store.revoke_token(session, token_id, now)
+                details = {"clientId": info.client_id, "role": info.role, "node": info.node}
+                write_audit(session, "token.revoked", "token", token_id, details, now, actor)
+        finally:
+            # After the commit: from here on this process refuses the token (no 5 s grace).
+            self.token_cache.forget(token_id)
         log.info("[Auth] Revoked token %s of client %s", token_id, info.client_id)
         self._refresh_token_gauge(now)
         return True

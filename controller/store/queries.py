@@ -170,6 +170,13 @@ def timed_out_jobs(session: Session, now: datetime) -> list[ActiveJob]:
     return [_active(r) for r in session.execute(statement)]
 
 
+def node_has_active_jobs(session: Session, node_id: int) -> bool:
+    """True when some job is assigned to or running on the node (a probe of `idx_jobs_node_status`)."""
+    return session.execute(
+        sa.select(jobs_t.c.id).where(jobs_t.c.node_id == node_id, jobs_t.c.status.in_(ACTIVE)).limit(1)
+    ).first() is not None
+
+
 def active_jobs_on_node(session: Session, node_id: int) -> list[ActiveJob]:
     """Assigned and running jobs bound to one node."""
     statement = (

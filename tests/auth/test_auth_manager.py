@@ -24,10 +24,12 @@ from controller.auth import (
     TokenRevoked,
     TooManyFailedAuthentications,
 )
+from controller.auth.cache import TOKEN_CACHE_TTL, TokenCache
 from controller.config import AuthConfig
 from controller.observability.metrics import Metrics
 from controller.store.engine import Store
 from controller.store.models import AuditLog, AuthToken
+from controller.store.tokens import StoredToken
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 
@@ -338,3 +340,94 @@ def test_token_gauge_and_refusal_counters(auth: AuthManager, metrics: Metrics) -
 def test_naive_now_is_refused(auth: AuthManager) -> None:
     with pytest.raises(ValueError, match="naive"):
         auth.generate_token("ci", now=datetime(2026, 1, 1, 10, 0))
+
+
+# -- the lookup cache ----------------------------------------------------------------
+
+
+def _count_reads(auth: AuthManager, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    reads = [0]
+    read = auth.db.read
+
+    def counted() -> contextlib.AbstractContextManager[object]:
+        reads[0] += 1
+        return read()
+
+    monkeypatch.setattr(auth.db, "read", counted)
+    return reads
+
+
+def test_a_cached_token_is_not_looked_up_again_within_the_ttl(
+    auth: AuthManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with freeze_time(T0) as clock:
+        token = auth.generate_token("ci")
+        reads = _count_reads(auth, monkeypatch)
+        assert auth.validate_token(token) == "ci"
+        assert reads == [1]
+        clock.tick(TOKEN_CACHE_TTL - timedelta(microseconds=1))
+        assert auth.validate_token(token) == "ci"
+        assert reads == [1]
+        clock.tick(timedelta(microseconds=1))  # the entry is as old as the TTL: look again
+        assert auth.validate_token(token) == "ci"
+        assert reads == [2]
+
+
+def test_a_revocation_elsewhere_takes_effect_within_the_ttl(
+    auth: AuthManager, store: Store
+) -> None:
+    other = AuthManager(store, AuthConfig())  # `ffrtmp token revoke`, or another replica
+    with freeze_time(T0) as clock:
+        issued = auth.issue_token("ci", Role.OPERATOR)
+        assert auth.validate_token(issued.token) == "ci"
+        assert other.revoke(issued.id) is True
+        clock.tick(TOKEN_CACHE_TTL - timedelta(seconds=1))
+        assert auth.validate_token(issued.token) == "ci"  # still the cached lookup
+        clock.tick(timedelta(seconds=1))
+        with pytest.raises(TokenRevoked):
+            auth.validate_token(issued.token)
+
+
+def test_a_revocation_in_this_process_refuses_the_cached_token_at_once(
+    auth: AuthManager,
+) -> None:
+    with freeze_time(T0):
+        issued = auth.issue_token("ci", Role.OPERATOR)
+        assert auth.validate_token(issued.token) == "ci"
+        assert auth.revoke(issued.id) is True
+        with pytest.raises(TokenRevoked):
+            auth.validate_token(issued.token)
+
+
+def test_an_expired_token_is_refused_even_when_cached(store: Store) -> None:
+    auth = AuthManager(store, AuthConfig(token_expiry_minutes=1))
+    with freeze_time(T0) as clock:
+        token = auth.generate_token("ci")
+        clock.tick(timedelta(minutes=1) - timedelta(seconds=1))
+        assert auth.validate_token(token) == "ci"  # cached now, one second to live
+        clock.tick(timedelta(seconds=1))
+        with pytest.raises(TokenExpired):
+            auth.validate_token(token)
+
+
+def test_cached_lookups_still_touch_last_used_once_a_minute(auth: AuthManager) -> None:
+    token = auth.generate_token("ci", now=T0)
+    for seconds in (10, 11, 12, 70, 71):
+        auth.validate_token(token, now=T0 + timedelta(seconds=seconds))
+    (info,) = auth.list_tokens()
+    assert info.last_used_at == T0 + timedelta(seconds=70)
+
+
+def test_the_cache_is_bounded_least_recently_used_first() -> None:
+    cache = TokenCache(size=2)
+    tokens = [
+        StoredToken(f"tok_{i}", "ci", "admin", None, T0 + timedelta(days=1), T0, None, None, f"h{i}")
+        for i in range(3)
+    ]
+    cache.put("h0", tokens[0], T0)
+    cache.put("h1", tokens[1], T0)
+    assert cache.get("h0", T0) == tokens[0]  # h1 is now the least recently used
+    cache.put("h2", tokens[2], T0)
+    assert len(cache) == 2
+    assert cache.get("h1", T0) is None
+    assert cache.get("h0", T0) == tokens[0]

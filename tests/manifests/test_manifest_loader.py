@@ -152,3 +152,21 @@ def test_line_map_rooted_at() -> None:
     lines = LineMap({(): 1, ("items",): 1, ("items", 0): 2, ("items", 0, "a"): 3})
     assert lines.rooted_at(("items", 0)).line_of(("a",)) == 3
     assert lines.rooted_at(("items", 0)).line_of(()) == 2
+
+
+def test_line_map_children_match_rooted_at() -> None:
+    lines = LineMap(
+        {(): 1, (0,): 2, (0, "a"): 3, (1,): 4, (1, "b", 0): 5},
+        {(0, "a"): 3, (1, "b"): 5},
+    )
+    children = lines.children()
+    assert set(children) == {0, 1}
+    for head, child in children.items():
+        assert child == lines.rooted_at((head,))
+
+
+def test_item_list_documents_keep_their_own_lines() -> None:
+    text = '[\n{"kind": "Job",\n "metadata": {"name": "a"}},\n{"kind": "Job",\n "metadata": {"name": "b"}}\n]'
+    docs = load_text(text, "<body>", item_lists=True).documents
+    assert [d.line for d in docs] == [2, 4]
+    assert [d.lines.line_of(("metadata", "name")) for d in docs] == [3, 5]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import controller
-from controller.farm import Conflict, InvalidRequest, NotFound
+from controller.farm import Conflict, InvalidRequest, NotFound, WrongNode
 from controller.testing import Cluster
 
 MANIFESTS = """
@@ -214,3 +214,29 @@ def test_delete_job_cancels_then_deletes_and_keeps_history() -> None:
         assert [j.name for j in c.jobs()] == []
         events = [(e.event_type, e.details.get("to")) for e in c.audit(entity="job/a")]
         assert events[-2:] == [("job.transition", "cancelled"), ("job.deleted", None)]
+
+
+def test_a_worker_token_reporting_on_another_nodes_attempt_is_refused_in_the_farm() -> None:
+    with Cluster() as c:
+        started(c)  # attempt 1 runs on w1
+        with pytest.raises(WrongNode):
+            c.farm.report("a", 1, "completed", exit_code=0, node="w2", node_bound=True)
+        # Refused before fencing: no stale-report audit row, nothing changed.
+        assert c.audit(entity="job/a", event_type="job.stale_report") == []
+        assert c.job("a").status == "running"
+        # Without `node_bound` (an admin naming a node) the mismatch is a stale report.
+        with pytest.raises(controller.StaleAttempt):
+            c.farm.report("a", 1, "completed", exit_code=0, node="w2")
+        done = c.farm.report("a", 1, "completed", exit_code=0, node="w1", node_bound=True)
+        assert (done.status, done.applied) == ("completed", True)
+
+
+def test_an_idle_empty_handed_beat_still_gets_work_and_its_assignment_again() -> None:
+    with Cluster() as c:
+        assert c.heartbeat("w1", running=[]).assignments == []  # nothing pending, nothing bound
+        c.apply(MANIFESTS)
+        first = c.heartbeat("w1", running=[])  # idle node: the job is bound by this beat
+        assert [(a.job, a.attempt) for a in first.assignments] == [("a", 1)]
+        again = c.heartbeat("w1", running=[])  # not started yet: handed out again, not lost
+        assert [(a.job, a.attempt) for a in again.assignments] == [("a", 1)]
+        assert c.job("a").status == "assigned"

@@ -1,0 +1,80 @@
+"""`TokenCache`: recent successful token lookups, so most requests skip the database.
+
+An entry lives `TOKEN_CACHE_TTL` (5 s) from its lookup. A revocation made by this
+process drops its entries at once (`AuthManager.revoke`); one made elsewhere (the
+`ffrtmp token revoke` command, another replica) takes effect here within the TTL.
+Expiry is not cached: the caller checks the entry's `expires_at` on every request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from controller.store.tokens import StoredToken
+
+TOKEN_CACHE_TTL = timedelta(seconds=5)
+"""How long a successful lookup is trusted; bounds how late a remote revocation is seen."""
+TOKEN_CACHE_SIZE = 1024
+"""At most this many tokens are cached; the least recently used one goes first."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    token: StoredToken
+    looked_up_at: datetime
+
+
+class TokenCache:
+    """Stored tokens by hash, for `TOKEN_CACHE_TTL`; thread-safe (the API runs in a pool)."""
+
+    def __init__(self, ttl: timedelta = TOKEN_CACHE_TTL, size: int = TOKEN_CACHE_SIZE) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str, now: datetime) -> StoredToken | None:
+        """The token looked up under `digest` less than the TTL before `now`, else None."""
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            # A clock that went back cannot prove the entry fresh either.
+            if not entry.looked_up_at <= now < entry.looked_up_at + self.ttl:
+                del self._entries[digest]
+                return None
+            self._entries.move_to_end(digest)
+            return entry.token
+
+    def put(self, digest: str, token: StoredToken, now: datetime) -> None:
+        """Remember a successful lookup of `token` made at `now`."""
+        with self._lock:
+            self._entries[digest] = _Entry(token, now)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def touched(self, digest: str, last_used_at: datetime) -> None:
+        """Record that the token's `last_used_at` was written, keeping its lookup time."""
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is not None:
+                token = replace(entry.token, last_used_at=last_used_at)
+                self._entries[digest] = _Entry(token, entry.looked_up_at)
+
+    def forget(self, token_id: str) -> None:
+        """Drop every entry of the token `token_id` (it was revoked here)."""
+        with self._lock:
+            for digest in [d for d, e in self._entries.items() if e.token.id == token_id]:
+                del self._entries[digest]
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
