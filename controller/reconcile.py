@@ -77,8 +77,9 @@ def lost_attempt(
     max_retries = job.max_retries if job.max_retries is not None else config.fault_tolerance.max_retries
     outcome = retry_or_fail(job.retry_count, max_retries, cause, now, config.fault_tolerance, detail)
     if outcome.status is JobStatus.PENDING:
-        log.info("[FaultTolerance] Reassigned job %s (retry %d/%d): %s",
-                 job.name, outcome.retry_count, max_retries, cause)
+        # The seed's line, exactly; the cause is in the audit row and the job's reason.
+        log.info("[FaultTolerance] Reassigned job %s (retry %d/%d)",
+                 job.name, outcome.retry_count, max_retries)
     else:
         log.warning("[FaultTolerance] Failed job %s: max retries exceeded", job.name)
     return JobTransition(

@@ -363,3 +363,20 @@ def test_assign_timeout_fires_once_the_start_grace_is_over(tmp_path: Path) -> No
         c.tick(0.001)
         c.reconcile()
         assert c.job("a").reason == "AssignTimeout"
+
+
+def test_the_seed_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="controller.reconcile")
+    with cluster(maxRetries=1, retryDelaySeconds=0) as c:
+        c.apply(SCENARIO + job("a"))
+        running_on_w1(c, "a")
+        node_id = 1
+        c.tick(61)
+        c.reconcile()
+        running_on_w1(c, "a")
+        c.tick(61)
+        c.reconcile()
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"[FaultTolerance] Detected dead node: w1 ({node_id})" in lines
+    assert "[FaultTolerance] Reassigned job a (retry 1/1)" in lines
+    assert "[FaultTolerance] Failed job a: max retries exceeded" in lines
