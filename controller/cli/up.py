@@ -37,7 +37,7 @@ UNRUNNABLE = ("NoMatchingNode",)
 
 
 @dataclass
-class Farm:
+class LocalFarm:
     """The processes of a local farm."""
 
     controller: subprocess.Popen[bytes]
@@ -96,7 +96,7 @@ def _start(
     admin: str,
     worker_tokens: list[str],
     slots: int,
-) -> Farm:
+) -> LocalFarm:
     logs.mkdir(parents=True, exist_ok=True)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FFRTMP_")}
     log_file = (logs / "controller.log").open("wb")
@@ -117,7 +117,7 @@ def _start(
         stderr=subprocess.STDOUT,
         env=base_env,
     )
-    farm = Farm(controller)
+    farm = LocalFarm(controller)
     deadline = time.monotonic() + 60
     while not farm.url:
         if controller.poll() is not None:

@@ -6,7 +6,6 @@ keep snake_case attributes for library users and the test harness.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,7 +16,7 @@ from sqlmodel import Session
 from controller.config import ControllerConfig
 from controller.domain.states import JobStatus, Priority
 from controller.store.models import AuditLog
-from controller.store.queries import ACTIVE, IS_PENDING
+from controller.store.queries import IS_PENDING, active_counts
 from controller.store.transitions import attempts_t, jobs_t, nodes_t
 
 audit_t: sa.Table = AuditLog.__table__  # type: ignore[attr-defined]
@@ -245,23 +244,12 @@ def _node_view(row: Any, running: int) -> NodeView:
     )
 
 
-def _running_counts(session: Session, node_ids: Sequence[int]) -> dict[int, int]:
-    if not node_ids:
-        return {}
-    rows = session.execute(
-        sa.select(jobs_t.c.node_id, sa.func.count())
-        .where(jobs_t.c.node_id.in_(list(node_ids)), jobs_t.c.status.in_(ACTIVE))
-        .group_by(jobs_t.c.node_id)
-    )
-    return {row[0]: row[1] for row in rows}
-
-
 def get_node(session: Session, name: str) -> NodeView | None:
     """One node by name."""
     row = session.execute(sa.select(nodes_t).where(nodes_t.c.name == name)).first()
     if row is None:
         return None
-    return _node_view(row, _running_counts(session, [row.id]).get(row.id, 0))
+    return _node_view(row, active_counts(session, [row.id]).get(row.id, 0))
 
 
 def list_nodes(
@@ -276,7 +264,7 @@ def list_nodes(
     rows = session.execute(statement).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    counts = _running_counts(session, [r.id for r in rows])
+    counts = active_counts(session, [r.id for r in rows]) if rows else {}
     return [_node_view(r, counts.get(r.id, 0)) for r in rows], (rows[-1].id if more else None)
 
 
