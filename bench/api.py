@@ -10,8 +10,10 @@
 - delivery: an idle node long-polls; a job is submitted; the time until its long-poll
   answers with the assignment (issue 4: p50 < 20 ms, p99 < 100 ms).
 
-The load generator is one asyncio process of httpx clients; its own CPU use is
-recorded, since on 2 cores it competes with the controller.
+The load generator is one asyncio process speaking HTTP/1.1 on kept-alive
+connections (`bench.loadgen`: tens of microseconds per request, where httpx spent
+about a millisecond); its own CPU use is recorded, since on 2 cores it competes
+with the controller.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench.farm import Controller, mint_tokens, percentiles
+from bench.loadgen import Answer, LoadError, Pool
 from bench.machine import busy_cores, cpu_seconds, process_cpu_seconds
 from bench.profile import recording
 
@@ -35,18 +36,23 @@ HEARTBEAT_ENV = {"FFRTMP_FAULT_TOLERANCE__NODE_TIMEOUT_SECONDS": "5",
                  "FFRTMP_FAULT_TOLERANCE__ASSIGN_TIMEOUT_SECONDS": "5"}
 
 
+def _ok(answer: Answer) -> Answer:
+    if answer.status >= 400:
+        raise LoadError(f"HTTP {answer.status}: {answer.body[:300]!r}")
+    return answer
+
+
 def node_names(count: int) -> list[str]:
     """`sim-00000`, `sim-00001`, ..."""
     return [f"sim-{i:05d}" for i in range(count)]
 
 
-async def _beat(client: httpx.AsyncClient, node: str, token: str) -> int:
-    response = await client.post(f"/nodes/{node}/heartbeat", json={"slots": 4, "labels": {}, "running": []},
-                                 headers={"Authorization": f"Bearer {token}"})
-    return response.status_code
+async def _beat(client: Pool, node: str, token: str) -> int:
+    response = await client.post(f"/nodes/{node}/heartbeat", {"slots": 4, "labels": {}, "running": []}, token)
+    return response.status
 
 
-async def _paced(client: httpx.AsyncClient, tokens: dict[str, str], rate: float, seconds: float,
+async def _paced(client: Pool, tokens: dict[str, str], rate: float, seconds: float,
                  max_in_flight: int) -> dict[str, Any]:
     names = list(tokens)
     latencies: list[float] = []
@@ -62,7 +68,7 @@ async def _paced(client: httpx.AsyncClient, tokens: dict[str, str], rate: float,
             if status != 200:
                 errors += 1
             latencies.append(time.perf_counter() - scheduled)
-        except httpx.HTTPError:
+        except (LoadError, OSError):
             errors += 1
         finally:
             in_flight.release()
@@ -88,7 +94,7 @@ async def _paced(client: httpx.AsyncClient, tokens: dict[str, str], rate: float,
             "latency_ms": percentiles(latencies), "samples_ms": [round(x * 1000, 2) for x in latencies[::max(1, len(latencies) // 2000)]]}
 
 
-async def _saturated(client: httpx.AsyncClient, tokens: dict[str, str], concurrency: int,
+async def _saturated(client: Pool, tokens: dict[str, str], concurrency: int,
                      seconds: float) -> dict[str, Any]:
     names = list(tokens)
     latencies: list[float] = []
@@ -104,7 +110,7 @@ async def _saturated(client: httpx.AsyncClient, tokens: dict[str, str], concurre
             try:
                 if await _beat(client, node, tokens[node]) != 200:
                     errors += 1
-            except httpx.HTTPError:
+            except (LoadError, OSError):
                 errors += 1
             latencies.append(time.perf_counter() - began)
 
@@ -115,16 +121,14 @@ async def _saturated(client: httpx.AsyncClient, tokens: dict[str, str], concurre
             "per_s": round(len(latencies) / elapsed, 1), "latency_ms": percentiles(latencies)}
 
 
-async def _dead_nodes(client: httpx.AsyncClient, admin: str) -> int:
-    response = await client.get("/audit", params={"eventType": "node.transition", "limit": 1000},
-                                headers={"Authorization": f"Bearer {admin}"})
+async def _dead_nodes(client: Pool, admin: str) -> int:
+    response = await client.get("/audit?eventType=node.transition&limit=1000", admin)
     return sum(1 for e in response.json()["items"] if e["details"].get("to") == "dead")
 
 
 async def _heartbeats(url: str, admin: str, tokens: dict[str, str], rate: float, seconds: float,
                       concurrency: int, pid: int, profile: Path | None) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+    async with Pool(url, 256) as client:
         # Register every node first (the first heartbeat creates it).
         sem = asyncio.Semaphore(32)
 
@@ -174,10 +178,8 @@ def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32, p
 
 
 async def _submissions(url: str, admin: str, one_by_one: int, batches: int, batch_size: int) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {admin}"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=120) as client:
-        (await client.post("/apply", json={"items": [NOOP_SCENARIO]})).raise_for_status()
+    async with Pool(url, 64) as client:
+        _ok(await client.post("/apply", {"items": [NOOP_SCENARIO]}, admin))
         out: dict[str, Any] = {}
         for concurrency in (1, 16):
             latencies: list[float] = []
@@ -190,10 +192,10 @@ async def _submissions(url: str, admin: str, one_by_one: int, batches: int, batc
                 nonlocal errors
                 for i in names:
                     began = time.perf_counter()
-                    response = await client.post("/jobs", json={"scenario": "noop", "priority": "medium",
-                                                                "name": f"{prefix}-{i}"})
+                    response = await client.post("/jobs", {"scenario": "noop", "priority": "medium",
+                                                           "name": f"{prefix}-{i}"}, admin)
                     latencies.append(time.perf_counter() - began)
-                    errors += response.status_code != 201
+                    errors += response.status != 201
 
             began = time.perf_counter()
             await asyncio.gather(*(loop() for _ in range(concurrency)))
@@ -209,7 +211,7 @@ async def _submissions(url: str, admin: str, one_by_one: int, batches: int, batc
                       "spec": {"scenario": "noop", "priority": "low", "parameters": {"n": j}}}
                      for j in range(batch_size)]
             t0 = time.perf_counter()
-            response = await client.post("/apply", json={"items": items})
+            response = await client.post("/apply", {"items": items}, admin)
             latencies.append(time.perf_counter() - t0)
             errors += sum(r["result"] != "created" for r in response.json()["results"])
         elapsed = time.perf_counter() - began
@@ -234,29 +236,25 @@ def submissions(one_by_one: int, batches: int, batch_size: int = 1000) -> dict[s
 
 
 async def _delivery(url: str, admin: str, token: str, node: str, samples: int) -> dict[str, Any]:
-    worker_headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client, \
-            httpx.AsyncClient(base_url=url, timeout=30, headers={"Authorization": f"Bearer {admin}"}) as admin_client:
-        (await admin_client.post("/apply", json={"items": [NOOP_SCENARIO]})).raise_for_status()
+    async with Pool(url, 4) as client, Pool(url, 2) as admin_client:
+        _ok(await admin_client.post("/apply", {"items": [NOOP_SCENARIO]}, admin))
         body = {"slots": 1, "labels": {}, "running": []}
-        (await client.post(f"/nodes/{node}/heartbeat", json=body, headers=worker_headers)).raise_for_status()
+        poll_path = f"/nodes/{node}/heartbeat?waitSeconds=5"
+        _ok(await client.post(f"/nodes/{node}/heartbeat", body, token))
         latencies: list[float] = []
         for i in range(samples):
-            poll = asyncio.create_task(client.post(f"/nodes/{node}/heartbeat", params={"waitSeconds": 5},
-                                                   json=body, headers=worker_headers))
+            poll = asyncio.create_task(client.post(poll_path, body, token))
             await asyncio.sleep(0.03)  # the worker is idle and waiting
             began = time.perf_counter()
-            submitted = await admin_client.post("/jobs", json={"scenario": "noop", "name": f"d-{i}"})
-            submitted.raise_for_status()
+            _ok(await admin_client.post("/jobs", {"scenario": "noop", "name": f"d-{i}"}, admin))
             reply = (await poll).json()
             if not reply["assignments"]:  # answered before the job arrived: wait for the next answer
-                reply = (await client.post(f"/nodes/{node}/heartbeat", params={"waitSeconds": 5}, json=body,
-                                           headers=worker_headers)).json()
+                reply = (await client.post(poll_path, body, token)).json()
             latencies.append(time.perf_counter() - began)
             for assignment in reply["assignments"]:
                 for state in ("running", "completed"):
                     await client.post(f"/jobs/{assignment['job']}/attempts/{assignment['attempt']}",
-                                      json={"state": state, "exitCode": 0}, headers=worker_headers)
+                                      {"state": state, "exitCode": 0}, token)
     return {"samples": samples, "latency_ms": percentiles(latencies),
             "samples_ms": [round(x * 1000, 2) for x in latencies]}
 

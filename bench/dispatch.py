@@ -84,10 +84,11 @@ async def _starts(client: httpx.AsyncClient, prefix: str) -> list[float]:
 
 
 async def _dispatch(url: str, admin: str, jobs: int, paced: int, rate: float, pid: int,
-                    profile: Path | None) -> dict[str, Any]:
+                    profile: Path | None, worker_pids: list[int]) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {admin}"}) as client:
         (await client.post("/apply", json={"items": [NOOP_SCENARIO]})).raise_for_status()
         cpu0, wall0, ctl0 = cpu_seconds(), time.monotonic(), process_cpu_seconds(pid)
+        workers0 = sum(process_cpu_seconds(p) for p in worker_pids)
         recorder = recording(pid, profile, 15) if profile else contextlib.nullcontext()
         recorder.__enter__()
         before = await counters(client)
@@ -103,6 +104,9 @@ async def _dispatch(url: str, admin: str, jobs: int, paced: int, rate: float, pi
         burst = {"jobs": jobs, "submit_seconds": round(submitted, 2), "seconds": round(elapsed, 2),
                  "per_s": round(jobs / elapsed, 1), "machine_busy_cores": busy_cores(cpu0, wall0),
                  "controller_cpu_ms_per_job": round((process_cpu_seconds(pid) - ctl0) / jobs * 1000, 2),
+                 # The worker processes and the jobs' own processes (`true`), reaped by them.
+                 "workers_cpu_ms_per_job": round(
+                     (sum(process_cpu_seconds(p) for p in worker_pids) - workers0) / jobs * 1000, 2),
                  "controller_work": _delta(before, await counters(client), jobs),
                  "submit_to_start_ms": percentiles(await _starts(client, "burst-"))}
         began = time.perf_counter()
@@ -133,7 +137,8 @@ def dispatch(jobs: int, paced: int, rate: float, workers: int = 4, slots: int = 
         try:
             farm.start()
             _wait_ready(controller.url, admin, names)
-            result = asyncio.run(_dispatch(controller.url, admin, jobs, paced, rate, controller.pid, profile))
+            result = asyncio.run(_dispatch(controller.url, admin, jobs, paced, rate, controller.pid, profile,
+                                           [p.pid for p in farm.processes]))
         finally:
             farm.stop()
             controller.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +19,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session
 
+from controller.beats import BeatBatcher
 from controller.config import ControllerConfig
 from controller.domain.policy import retry_or_fail, running_timeout_at
 from controller.domain.states import ACTIVE_JOB_STATUSES, JobStatus, NodeStatus, Priority, Reason
@@ -27,6 +29,9 @@ from controller.sources.apply import ObjectResult, Origin, Outcome, apply_object
 from controller.store import queries
 from controller.store.audit import write_audit
 from controller.store.engine import Store
+from controller.store.group import GroupCommit
+from controller.store.prepared import Prepared
+from controller.store.queries import scenarios_t
 from controller.store.timeouts import expected_seconds
 from controller.store.transitions import (
     JobTransition,
@@ -116,6 +121,15 @@ class ReportResult:
     applied: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Reported:
+    """A report as written: its outcome, why it was refused (stale), when it first started."""
+
+    outcome: ReportResult
+    stale: str | None
+    started: tuple[datetime, datetime] | None  # (createdAt, startedAt) of a first start
+
+
 @dataclass
 class Farm:
     """Operations over one store with one config; `on_change` wakes the reconcile loop."""
@@ -126,6 +140,21 @@ class Farm:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     on_started: Callable[[str, datetime, datetime], None] | None = None
     """Called once per job, when its first attempt starts: (job, createdAt, startedAt)."""
+    on_handout: Callable[[], None] | None = None
+    """Called when a heartbeat took work: more may wait for another idle worker. Without
+    it, `on_change` is called instead."""
+    writer: GroupCommit = field(init=False)
+    """Writes of many requests in shared transactions (the API's path; `controller.store.group`)."""
+    beats: BeatBatcher = field(init=False)
+    """Idle heartbeats recorded through `writer` (see `controller.beats`)."""
+
+    def __post_init__(self) -> None:
+        self.writer = GroupCommit(self.store)
+        self.beats = BeatBatcher(self.writer, self.clock)
+
+    def close(self) -> None:
+        """Finish the writes queued for shared transactions; later ones are written alone."""
+        self.writer.close()
 
     def _now(self, now: datetime | None) -> datetime:
         return now if now is not None else self.clock()
@@ -133,6 +162,12 @@ class Farm:
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+    def _handed_out(self) -> None:
+        if self.on_handout is not None:
+            self.on_handout()
+        else:
+            self._changed()
 
     # --- desired state ----------------------------------------------------------------------
 
@@ -328,8 +363,13 @@ class Farm:
             else:
                 bound = [] if row.unschedulable else schedule(session, at, self.config, only_node=row.id)
                 assignments = [] if idle and not bound else self._assignments(session, row.id, held)
-        if registered or revived or assignments or released:
+        # New capacity, or jobs handed back: the pass may place work. Work handed out:
+        # the queue moved, so the next idle worker may find some too (its long-poll is
+        # woken); the pass has nothing to do for it.
+        if registered or revived or released:
             self._changed()
+        elif assignments:
+            self._handed_out()
         return HeartbeatReply(assignments, cancel, self.config.nodes.heartbeat_interval_seconds,
                               registered, revived)
 
@@ -457,12 +497,59 @@ class Farm:
         caller is a worker token of `node`), an attempt that ran on another node raises
         `WrongNode` (403) before fencing is even considered.
         """
+        work = self._report_work(job, attempt, state, exit_code, message, log_tail, result, reason,
+                                 node, client_id, now, node_bound)
+        with self.store.write() as session:
+            applied = work(session)
+        return self._reported(applied)
+
+    def report_batched(
+        self,
+        job: str,
+        attempt: int,
+        state: str,
+        exit_code: int | None = None,
+        message: str | None = None,
+        log_tail: str | None = None,
+        result: dict[str, Any] | None = None,
+        reason: str | None = None,
+        node: str | None = None,
+        client_id: str | None = None,
+        *,
+        node_bound: bool = False,
+    ) -> Future[ReportResult] | None:
+        """`report`, written together with other requests' writes (`controller.store.group`).
+
+        The future holds what `report` returns or raises, once the write has committed.
+        None when the writer is closed (shutting down): call `report` instead.
+        """
+        work = self._report_work(job, attempt, state, exit_code, message, log_tail, result, reason,
+                                 node, client_id, None, node_bound)
+        written = self.writer.submit(work, key=("job", job))
+        if written is None:
+            return None
+        done: Future[ReportResult] = Future()
+
+        def finish(future: Future[_Reported]) -> None:
+            try:
+                done.set_result(self._reported(future.result()))
+            except Exception as exc:
+                done.set_exception(exc)
+
+        written.add_done_callback(finish)
+        return done
+
+    def _report_work(
+        self, job: str, attempt: int, state: str, exit_code: int | None, message: str | None,
+        log_tail: str | None, result: dict[str, Any] | None, reason: str | None, node: str | None,
+        client_id: str | None, now: datetime | None, node_bound: bool,
+    ) -> Callable[[Session], _Reported]:
+        """The report's writes, for one transaction; what follows the commit is `_reported`."""
         if state not in REPORT_STATES:
             raise InvalidRequest(f"state must be one of {', '.join(REPORT_STATES)}")
         at = self._now(now)
-        stale: str | None = None
-        first_start = False
-        with self.store.write() as session:
+
+        def work(session: Session) -> _Reported:
             row = self._job(session, job)
             node_name = self._node_name(session, row.node_id)
             status = JobStatus(row.status)
@@ -491,33 +578,39 @@ class Farm:
                 )
                 final = transitions[-1].to_status if transitions else status
                 outcome = ReportResult(job, attempt, str(final), applied=bool(transitions))
-            elif self._duplicate(session, row, attempt, state):
-                outcome = ReportResult(job, attempt, row.status, applied=False)
-            else:
-                stale = (f"attempt {attempt} of job {job!r} is not current "
-                         f"(job is {row.status}, attempt {row.attempt}"
-                         + (f", on node {node_name}" if node_name else "") + ")")
-                write_audit(session, "job.stale_report", "job", job,
-                            {"attempt": attempt, "currentAttempt": row.attempt,
-                             "status": row.status, "state": state, "node": node,
-                             "exitCode": exit_code}, at, client_id)
-        if stale is not None:
-            log.warning("[FaultTolerance] Refused stale report: %s", stale)
-            raise StaleAttempt(stale)
-        if first_start and self.on_started is not None:
-            self.on_started(job, row.created_at, at)
-        if outcome.applied:
+                return _Reported(outcome, None, (row.created_at, at) if first_start else None)
+            if self._duplicate(session, row, attempt, state):
+                return _Reported(ReportResult(job, attempt, row.status, applied=False), None, None)
+            stale = (f"attempt {attempt} of job {job!r} is not current "
+                     f"(job is {row.status}, attempt {row.attempt}"
+                     + (f", on node {node_name}" if node_name else "") + ")")
+            write_audit(session, "job.stale_report", "job", job,
+                        {"attempt": attempt, "currentAttempt": row.attempt,
+                         "status": row.status, "state": state, "node": node,
+                         "exitCode": exit_code}, at, client_id)
+            return _Reported(ReportResult(job, attempt, row.status, applied=False), stale, None)
+
+        return work
+
+    def _reported(self, reported: _Reported) -> ReportResult:
+        """After the report's transaction committed: refuse a stale one, tell who waits."""
+        outcome = reported.outcome
+        if reported.stale is not None:
+            log.warning("[FaultTolerance] Refused stale report: %s", reported.stale)
+            raise StaleAttempt(reported.stale)
+        if reported.started is not None and self.on_started is not None:
+            self.on_started(outcome.job, *reported.started)
+        # Only a job back in the queue (a retry) is new work for the pass or another worker.
+        # A finished job frees a slot of the reporting worker, which beats at once for more.
+        if outcome.applied and outcome.status == str(JobStatus.PENDING):
             self._changed()
         return outcome
 
     @staticmethod
     def _started_before(session: Session, row: Any) -> bool:
         """True when an earlier attempt of the job already started running."""
-        return session.execute(
-            sa.select(sa.exists().where(attempts_t.c.job_id == row.id,
-                                        attempts_t.c.attempt != row.attempt,
-                                        attempts_t.c.started_at.is_not(None)))
-        ).scalar() is True
+        found = _STARTED_BEFORE.first(session.connection(), job_id=row.id, attempt=row.attempt)
+        return bool(found is not None and found[0])
 
     def _report_transitions(
         self, session: Session, row: Any, node_name: str | None, state: str,
@@ -562,7 +655,9 @@ class Farm:
         return out
 
     def _running_deadline(self, session: Session, row: Any, at: datetime) -> datetime | None:
-        scenario = queries.scenarios_by_name(session, [row.scenario_name]).get(row.scenario_name)
+        scenario = None
+        if row.expected_duration_seconds is None:
+            scenario = _SCENARIO_EXPECTED.first(session.connection(), name=row.scenario_name)
         expected = expected_seconds(row.expected_duration_seconds,
                                     scenario.expected_duration_seconds if scenario else None)
         return running_timeout_at(at, expected, self.config.fault_tolerance)
@@ -599,7 +694,16 @@ class Farm:
     def _node_name(session: Session, node_id: int | None) -> str | None:
         if node_id is None:
             return None
-        return session.execute(sa.select(nodes_t.c.name).where(nodes_t.c.id == node_id)).scalar()
+        row = _NODE_NAME.first(session.connection(), id=node_id)
+        return row.name if row is not None else None
+
+
+_STARTED_BEFORE = Prepared(lambda _: sa.select(sa.exists().where(
+    attempts_t.c.job_id == sa.bindparam("job_id"), attempts_t.c.attempt != sa.bindparam("attempt"),
+    attempts_t.c.started_at.is_not(None))))
+_SCENARIO_EXPECTED = Prepared(lambda _: sa.select(scenarios_t.c.expected_duration_seconds)
+                              .where(scenarios_t.c.name == sa.bindparam("name")))
+_NODE_NAME = Prepared(lambda _: sa.select(nodes_t.c.name).where(nodes_t.c.id == sa.bindparam("id")))
 
 
 def merge_patch(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -20,6 +21,13 @@ log = logging.getLogger("controller.loop")
 
 # Changes arriving together (a burst of submissions) are handled by one pass.
 WAKE_DEBOUNCE_SECONDS = 0.005
+# A pass asked for by a change starts at least this long after the previous pass
+# started. Under a steady stream of changes (hundreds of reports and submissions a
+# second) passes would otherwise run back to back, each taking the write lock and
+# the interpreter from the requests that caused them. Nothing waits on such a pass
+# for long: an idle worker is woken by the change itself and takes its work through
+# its heartbeat; the pass places what no heartbeat took.
+WAKE_MIN_GAP_SECONDS = 0.1
 
 
 class ReconcileLoop:
@@ -95,10 +103,12 @@ class ReconcileLoop:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
+            began = time.monotonic()
             self.run_once()
             woken = self._wake.wait(self.interval_seconds)
             if self._stopping.is_set():
                 break
             if woken:
-                self._stopping.wait(WAKE_DEBOUNCE_SECONDS)
+                gap = max(WAKE_DEBOUNCE_SECONDS, began + WAKE_MIN_GAP_SECONDS - time.monotonic())
+                self._stopping.wait(gap)
                 self._wake.clear()

@@ -3,7 +3,8 @@
 `ControllerService(config, source)` wires the pieces (the imperative shell):
 
 - the store, upgraded to the newest schema at start (`controller.started` audited);
-- the `Farm`, whose `on_change` wakes both the reconcile loop and the long-polls;
+- the `Farm`, whose `on_change` wakes both the reconcile loop and the long-polls, and
+  whose `on_handout` (a heartbeat took work) wakes the next idle long-poll only;
 - the `Reconciler` in a `ReconcileLoop`, whose passes feed the metrics and wake the
   long-polls of the nodes they bound jobs to;
 - the FastAPI app on uvicorn (TLS when given a certificate and key);
@@ -170,7 +171,7 @@ class ControllerService:
         self.notifier = WorkNotifier()
         self.auth = AuthManager(self.store, config.auth, self.metrics)
         self.farm = Farm(self.store, config, on_change=self._on_change, clock=clock,
-                         on_started=self._on_started)
+                         on_started=self._on_started, on_handout=self.notifier.changed)
         self.started_at = clock()
         self.reconciler = Reconciler(
             self.leader_store, config, self.started_at,
@@ -268,6 +269,7 @@ class ControllerService:
         """Let the pass in flight finish, stop the loop, give the lease up, close the store."""
         self.begin_shutdown()
         self.loop.stop()
+        self.farm.close()
         self.elector.stop(release=True)
         self._stop_source()
         log.info("[Controller] Stopped after %d reconcile passes", self.loop.passes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -80,12 +81,15 @@ def delete_node(
     return Response(status_code=204)
 
 
-def _heartbeat_out(reply: HeartbeatReply) -> HeartbeatOut:
-    return HeartbeatOut(
+def _heartbeat_out(reply: HeartbeatReply) -> Response:
+    # Serialized here, once: FastAPI would validate the model again before encoding it,
+    # on the route every worker calls every few seconds. The schema is still HeartbeatOut.
+    out = HeartbeatOut(
         assignments=[AssignmentOut.model_validate(a) for a in reply.assignments],
         cancel=[AttemptRefOut(job=j, attempt=a) for j, a in reply.cancel],
         heartbeat_interval_seconds=reply.heartbeat_interval_seconds,
     )
+    return Response(out.model_dump_json(), media_type="application/json")
 
 
 @router.post(
@@ -118,22 +122,32 @@ async def heartbeat(
             "ordinary heartbeat brings it back.",
         ),
     ] = False,
-) -> HeartbeatOut:
+) -> Response:
     """Record the beat, fence what the worker holds, schedule for this node and answer."""
     principal.require(Permission.WORKER_REPORT, name)
     ctx.metrics.heartbeats.inc()
     running = [(r.job, r.attempt) for r in body.running] if body.running is not None else None
-    beat = partial(ctx.farm.heartbeat, name, body.slots, body.labels, running,
+    full = partial(ctx.farm.heartbeat, name, body.slots, body.labels, running,
                    client_id=principal.client_id, draining=draining)
-    wait = 0.0 if draining else min(wait_seconds, ctx.config.nodes.heartbeat_interval_seconds)
+    idle = not draining and not running
+    interval = ctx.config.nodes.heartbeat_interval_seconds
+
+    async def beat() -> HeartbeatReply:
+        # An idle worker's beat is recorded with others in one transaction when nothing
+        # else is due; anything else (or a beat the batch could not settle) runs in full.
+        if idle and await asyncio.wrap_future(ctx.farm.beats.submit(name, body.slots, body.labels)):
+            return HeartbeatReply([], [], interval)
+        return await run_in_threadpool(full)
+
+    wait = 0.0 if draining else min(wait_seconds, interval)
     if wait <= 0 or ctx.stopping():
-        return _heartbeat_out(await run_in_threadpool(beat))
+        return _heartbeat_out(await beat())
     return _heartbeat_out(await _long_poll(ctx, name, body, running, beat, wait))
 
 
 async def _long_poll(
     ctx: ApiContext, name: str, body: HeartbeatIn, running: list[tuple[str, int]] | None,
-    beat: partial[HeartbeatReply], wait: float,
+    beat: Callable[[], Awaitable[HeartbeatReply]], wait: float,
 ) -> HeartbeatReply:
     """Beat; while there is nothing to do, wait for a wake-up and beat again (until `wait`)."""
     free = body.slots is None or len(running or ()) < body.slots
@@ -142,7 +156,7 @@ async def _long_poll(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     try:
-        reply = await run_in_threadpool(beat)
+        reply = await beat()
         while not (reply.assignments or reply.cancel):
             remaining = deadline - loop.time()
             if remaining <= 0 or ctx.notifier.closed:
@@ -150,7 +164,7 @@ async def _long_poll(
             if not await ctx.notifier.wait(waiter, remaining) or ctx.notifier.closed:
                 break
             ctx.notifier.rearm(waiter)
-            reply = await run_in_threadpool(beat)
+            reply = await beat()
         return reply
     finally:
         ctx.notifier.unregister(waiter)
@@ -165,7 +179,7 @@ async def _long_poll(
         409: {"model": ErrorBody, "description": "Stale attempt (fenced): nothing changed."},
     },
 )
-def report(
+async def report(
     name: ObjectName,
     attempt: Annotated[int, Path(ge=1, le=INT32)],
     body: ReportIn,
@@ -179,11 +193,18 @@ def report(
             raise PermissionDenied(f"worker token of node {principal.node!r} may not report as {node!r}")
         node = principal.node
     # The farm checks the attempt's node in its own transaction (WrongNode is a 403).
-    outcome = ctx.farm.report(
-        name, attempt, body.state, exit_code=body.exit_code, message=body.message,
-        log_tail=body.log_tail, result=body.result, reason=body.reason, node=node,
-        client_id=principal.client_id, node_bound=principal.role is Role.WORKER,
-    )
+    fields: dict[str, Any] = {
+        "exit_code": body.exit_code, "message": body.message, "log_tail": body.log_tail,
+        "result": body.result, "reason": body.reason, "node": node,
+        "client_id": principal.client_id, "node_bound": principal.role is Role.WORKER,
+    }
+    # Written with other requests' writes in one transaction (group commit), answered once
+    # that transaction has committed; alone when the writer is closed (shutting down).
+    written = ctx.farm.report_batched(name, attempt, body.state, **fields)
+    if written is None:
+        outcome = await run_in_threadpool(partial(ctx.farm.report, name, attempt, body.state, **fields))
+    else:
+        outcome = await asyncio.wrap_future(written)
     if outcome.applied and outcome.status == "failed":
         ctx.metrics.failed_jobs.inc()
     return ReportOut(job=outcome.job, attempt=outcome.attempt, status=outcome.status,

@@ -64,11 +64,26 @@ class AuthMiddleware:
             client = scope.get("client")
             address = str(client[0]) if client else "unknown"
             try:
-                state[PRINCIPAL] = await run_in_threadpool(self.authenticate, token, address)
+                # A token seen in the last seconds is checked in memory, on the event loop;
+                # a lookup or a refusal goes to a thread (it may read or write the database).
+                principal = self.authenticate_cached(token, address)
+                if principal is None:
+                    principal = await run_in_threadpool(self.authenticate, token, address)
+                state[PRINCIPAL] = principal
             except (InvalidToken, RateLimitExceeded) as exc:
                 await auth_error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def authenticate_cached(self, token: str | None, address: str) -> Principal | None:
+        """The principal of a recently seen token, its rate limit spent; None: not in memory."""
+        if token is None:
+            return None
+        now = self.clock()
+        principal = self.auth.authenticate_cached(token, remote_address=address, now=now)
+        if principal is not None:
+            self.auth.check_rate_limit(principal.client_id, now=now)
+        return principal
 
     def authenticate(self, token: str | None, address: str) -> Principal:
         """The principal of `token` from `address`, its rate limit spent (runs in a thread)."""

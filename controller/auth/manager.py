@@ -230,6 +230,35 @@ class AuthManager:
             client_id=stored.client_id, role=Role(stored.role), node=stored.node, token_id=stored.id
         )
 
+    def authenticate_cached(
+        self, token: str, *, remote_address: str | None = None, now: datetime | None = None
+    ) -> Principal | None:
+        """`authenticate` for a token this process looked up recently, without the database.
+
+        None when only the full `authenticate` can answer (a token not cached, refused,
+        or due for its `last_used_at` write): the caller then runs that, off the event
+        loop. It never refuses a token itself, so every refusal is counted in one place.
+        """
+        now = _utcnow(now)
+        if not isinstance(token, str) or not is_well_formed(token):
+            return None
+        digest = hash_token(token)
+        stored = self.token_cache.get(digest, now)
+        if (
+            stored is None
+            or not hmac.compare_digest(stored.token_hash, digest)
+            or stored.revoked_at is not None
+            or now >= stored.expires_at
+            or stored.last_used_at is None
+            or now - stored.last_used_at >= token_store.LAST_USED_RESOLUTION
+        ):
+            return None
+        if remote_address is not None:
+            self.check_address(remote_address, now=now)
+        return Principal(
+            client_id=stored.client_id, role=Role(stored.role), node=stored.node, token_id=stored.id
+        )
+
     def validate_token(self, token: str, *, now: datetime | None = None) -> str:
         """The seed's call: the client id of a valid token, or `InvalidToken`/`TokenExpired`."""
         return self.authenticate(token, now=now).client_id

@@ -8,6 +8,7 @@ read starts with a plain deferred `BEGIN` and, under WAL, never blocks a writer.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -91,6 +92,14 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_engine = engine.execution_options(**{_WRITE: True})
+        # SQLite has one writer at a time. Threads of this process that find the write
+        # lock taken would each sleep in SQLite's busy handler (back-off steps of 1, 2,
+        # 5, 10, ... up to 100 ms, long after the lock is free); queued on this lock
+        # instead, the next writer begins the moment the previous one commits. Other
+        # processes (the CLI) still meet the busy timeout. PostgreSQL needs no such lock.
+        self._write_lock: threading.RLock | None = (
+            threading.RLock() if engine.dialect.name == "sqlite" else None
+        )
 
     @classmethod
     def from_config(cls, config: DatabaseConfig) -> Store:
@@ -105,7 +114,12 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction: committed on success, rolled back on any exception."""
-        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+        if self._write_lock is None:
+            with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+                yield session
+            return
+        with self._write_lock, Session(self._write_engine, expire_on_commit=False) as session, \
+                session.begin():
             yield session
 
     @contextmanager

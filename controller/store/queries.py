@@ -17,6 +17,7 @@ from sqlmodel import Session
 from controller.domain.queue import Queued
 from controller.domain.states import JobStatus, NodeStatus, Priority
 from controller.store.models import Scenario
+from controller.store.prepared import Prepared
 from controller.store.transitions import attempts_t, jobs_t, nodes_t
 
 scenarios_t: sa.Table = Scenario.__table__  # type: ignore[attr-defined]
@@ -331,23 +332,29 @@ def set_job_reasons(
 
 def attempt_row(session: Session, job_id: int, attempt: int) -> Any:
     """The history row of one attempt, or None."""
-    return session.execute(
-        sa.select(attempts_t).where(attempts_t.c.job_id == job_id, attempts_t.c.attempt == attempt)
-    ).first()
+    return _ATTEMPT_ROW.first(session.connection(), job_id=job_id, attempt=attempt)
+
+
+_ATTEMPT_ROW = Prepared(lambda _: sa.select(attempts_t).where(
+    attempts_t.c.job_id == sa.bindparam("job_id"), attempts_t.c.attempt == sa.bindparam("attempt")))
+
+
+def _by_name(table: sa.Table, lock: bool) -> Prepared:
+    def build(dialect: str) -> sa.Select[Any]:
+        statement = sa.select(table).where(table.c.name == sa.bindparam("name"))
+        return statement.with_for_update() if lock and dialect == "postgresql" else statement
+    return Prepared(build)
+
+
+_NODE_BY_NAME = {lock: _by_name(nodes_t, lock) for lock in (False, True)}
+_JOB_BY_NAME = {lock: _by_name(jobs_t, lock) for lock in (False, True)}
 
 
 def node_by_name(session: Session, name: str, lock: bool = False) -> Any:
     """The node row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
-    statement = sa.select(nodes_t).where(nodes_t.c.name == name)
-    if lock and session.connection().dialect.name == "postgresql":
-        statement = statement.with_for_update()
-    return session.execute(statement).first()
+    return _NODE_BY_NAME[lock].first(session.connection(), name=name)
 
 
 def job_by_name(session: Session, name: str, lock: bool = False) -> Any:
     """The job row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
-    statement = sa.select(jobs_t).where(jobs_t.c.name == name)
-    if lock and session.connection().dialect.name == "postgresql":
-        statement = statement.with_for_update()
-    return session.execute(statement).first()
-
+    return _JOB_BY_NAME[lock].first(session.connection(), name=name)

@@ -16,6 +16,7 @@ from sqlmodel import Session
 from controller.config import ControllerConfig
 from controller.domain.states import JobStatus, Priority
 from controller.store.models import AuditLog
+from controller.store.prepared import Prepared
 from controller.store.queries import IS_PENDING, active_counts
 from controller.store.transitions import attempts_t, jobs_t, nodes_t
 
@@ -166,18 +167,22 @@ def get_job(
     session: Session, name: str, config: ControllerConfig, with_attempts: bool = True
 ) -> JobView | None:
     """One job by name, with its attempts."""
-    row = session.execute(_job_select().where(jobs_t.c.name == name)).first()
+    row = _JOB_BY_NAME.first(session.connection(), name=name)
     if row is None:
         return None
     attempts = job_attempts(session, row.id) if with_attempts else []
     return _job_view(row, config, attempts)
 
 
+# Read on every `GET /jobs/{name}` and after every submission: prepared once.
+_JOB_BY_NAME = Prepared(lambda _: _job_select().where(jobs_t.c.name == sa.bindparam("name")))
+_ATTEMPTS = Prepared(lambda _: sa.select(attempts_t).where(attempts_t.c.job_id == sa.bindparam("job_id"))
+                     .order_by(attempts_t.c.attempt))
+
+
 def job_attempts(session: Session, job_id: int) -> list[AttemptView]:
     """Every attempt of a job, oldest first."""
-    rows = session.execute(
-        sa.select(attempts_t).where(attempts_t.c.job_id == job_id).order_by(attempts_t.c.attempt)
-    )
+    rows = _ATTEMPTS.rows(session.connection(), job_id=job_id)
     return [
         AttemptView(r.attempt, r.node_name, r.status, r.reason, r.exit_code, r.message,
                     r.assigned_at, r.started_at, r.finished_at)

@@ -8,15 +8,21 @@ never grows the worker's memory.
 
 On Linux each attempt's leader also gets a parent-death signal (SIGKILL when the
 worker dies), so a worker killed with `kill -9` leaves no orphan behind: the
-controller requeues the attempt, and it must not keep running unsupervised.
+controller requeues the attempt, and it must not keep running unsupervised. It is
+set by util-linux's `setpriv --pdeathsig KILL` when installed (cheap: Popen keeps
+using vfork), else by a pre-exec hook. Through setpriv, a worker that dies in the
+instant between starting setpriv and setpriv's prctl leaves that one attempt running
+(the hook checks for it; setpriv cannot).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -148,6 +154,42 @@ def _die_with_worker() -> Callable[[], None] | None:
     return hook
 
 
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's `setpriv`, when it can set the parent-death signal (Linux), else None.
+
+    Starting the attempt through `setpriv --pdeathsig KILL` gives it the same signal as
+    the pre-exec hook, without one: a pre-exec hook forces `fork` and runs Python in the
+    child (6 ms of CPU per start here), where Popen otherwise uses `vfork` (1.5 ms, and
+    2.7 ms with setpriv's own exec).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        usage = subprocess.run([path, "--help"], capture_output=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if b"--pdeathsig" in usage.stdout else None
+
+
+def _launcher(command: list[str], env: dict[str, str] | None, cwd: str | None) -> tuple[list[str], Any]:
+    """The argv and pre-exec hook that make the attempt die with the worker."""
+    setpriv = _setpriv()
+    if setpriv is None:
+        return command, _die_with_worker()
+    program = command[0]
+    if os.sep not in program or os.path.isabs(program) or cwd is None:
+        # What Popen would raise for a program that is not there, before anything starts
+        # (through setpriv it would be setpriv's own exit status 127 instead).
+        search = (env if env is not None else os.environ).get("PATH", os.defpath)
+        if shutil.which(program, path=search) is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return [setpriv, "--pdeathsig", "KILL", "--", *command], None
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
@@ -179,17 +221,18 @@ def start(
     """
     if not command:
         raise ValueError("empty command")
+    argv, hook = _launcher(list(command), env, cwd) if die_with_worker else (list(command), None)
     process = subprocess.Popen(  # argv list, no shell: parameters are never interpreted
-        list(command),
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env=env,
         cwd=cwd,
-        # The hook only calls prctl (async-signal-safe in practice); it is what keeps a
-        # `kill -9` of the worker from leaving attempts running that nobody supervises.
-        preexec_fn=_die_with_worker() if die_with_worker else None,  # noqa: PLW1509
+        # setpriv, or else the hook (it only calls prctl, async-signal-safe in practice), is
+        # what keeps a `kill -9` of the worker from leaving attempts nobody supervises.
+        preexec_fn=hook,  # noqa: PLW1509
     )
     now = clock()
     execution = Execution(

@@ -431,3 +431,42 @@ def test_the_cache_is_bounded_least_recently_used_first() -> None:
     assert len(cache) == 2
     assert cache.get("h1", T0) is None
     assert cache.get("h0", T0) == tokens[0]
+
+
+def test_the_in_memory_check_answers_only_what_the_cache_can_prove(
+    auth: AuthManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = auth.issue_token("w1", Role.WORKER, node="n1", now=T0)
+    reads = _count_reads(auth, monkeypatch)
+    # Never looked up: only the full check (a database read) can answer.
+    assert auth.authenticate_cached(issued.token, now=T0) is None
+    assert auth.authenticate(issued.token, now=T0).client_id == "w1"
+    assert reads == [1]
+    principal = auth.authenticate_cached(issued.token, remote_address="10.0.0.1",
+                                         now=T0 + timedelta(seconds=2))
+    assert principal == Principal("w1", Role.WORKER, "n1", issued.id)
+    assert reads == [1]
+    # Garbage, an expired cache entry, or a `last_used_at` write due: not answered here.
+    assert auth.authenticate_cached("ffr_nonsense", now=T0) is None
+    assert auth.authenticate_cached(issued.token, now=T0 + TOKEN_CACHE_TTL) is None
+    assert auth.authenticate(issued.token, now=T0 + timedelta(seconds=61)).client_id == "w1"
+    assert auth.authenticate_cached(issued.token, now=T0 + timedelta(seconds=62)) is not None
+
+
+def test_the_in_memory_check_never_answers_for_a_token_revoked_here(auth: AuthManager) -> None:
+    issued = auth.issue_token("ci", Role.OPERATOR, now=T0)
+    auth.authenticate(issued.token, now=T0)
+    assert auth.revoke(issued.id, now=T0) is True
+    assert auth.authenticate_cached(issued.token, now=T0 + timedelta(seconds=1)) is None
+    with pytest.raises(TokenRevoked):
+        auth.authenticate(issued.token, now=T0 + timedelta(seconds=1))
+
+
+def test_the_in_memory_check_still_refuses_a_blocked_address(auth: AuthManager) -> None:
+    issued = auth.issue_token("ci", Role.OPERATOR, now=T0)
+    auth.authenticate(issued.token, now=T0)
+    for _ in range(auth.config.failed_auth_per_minute + 1):
+        with contextlib.suppress(InvalidToken, TooManyFailedAuthentications):
+            auth.authenticate("ffr_bad", remote_address="10.0.0.9", now=T0)
+    with pytest.raises(TooManyFailedAuthentications):
+        auth.authenticate_cached(issued.token, remote_address="10.0.0.9", now=T0 + timedelta(seconds=1))

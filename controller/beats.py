@@ -1,0 +1,51 @@
+"""Idle heartbeats written in shared transactions (group commit).
+
+Most heartbeats come from idle workers and only move `last_heartbeat` forward. The
+API hands such a beat to the farm's writer (`controller.store.group`), which records
+it together with whatever else arrived meanwhile, in one transaction and one commit.
+A beat is acknowledged only after its transaction commits.
+
+A beat the writer cannot settle (the node is unknown, not ready, changed its labels
+or slots, holds jobs, or could be given work now; or the write failed) is answered
+False, and the caller runs the full heartbeat for it (`Farm.heartbeat`): the rules
+are in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from datetime import datetime
+
+from controller.store import hotpath
+from controller.store.group import GroupCommit
+
+
+class BeatBatcher:
+    """Hands idle heartbeats to a `GroupCommit` writer."""
+
+    def __init__(self, writer: GroupCommit, clock: Callable[[], datetime]) -> None:
+        self.writer = writer
+        self.clock = clock
+
+    def submit(
+        self, name: str, slots: int | None, labels: Mapping[str, str] | None
+    ) -> Future[bool]:
+        """Queue the beat of an idle worker; the future is True once it is recorded.
+
+        False: nothing was settled for this beat; the caller runs the full heartbeat.
+        """
+        at = self.clock()
+        answer: Future[bool] = Future()
+        written = self.writer.submit(
+            lambda session: hotpath.idle_beat(session, name, at, slots, labels), key=("node", name)
+        )
+        if written is None:
+            answer.set_result(False)
+            return answer
+
+        def settle(future: Future[bool]) -> None:
+            answer.set_result(future.exception() is None and future.result())
+
+        written.add_done_callback(settle)
+        return answer

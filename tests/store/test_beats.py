@@ -1,0 +1,149 @@
+"""Idle heartbeats in batches: settled only when nothing else is due, on both engines."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+
+from controller.beats import BeatBatcher
+from controller.config import ControllerConfig
+from controller.farm import Farm
+from controller.manifests.validate import validate_texts
+from controller.sources.apply import Origin
+from controller.store.engine import Store
+from controller.store.group import GroupCommit
+from controller.store.models import AuditLog
+from controller.store.transitions import nodes_t
+
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
+SCENARIO = "apiVersion: ffrtmp.io/v1\nkind: Scenario\nmetadata: {name: enc}\nspec: {command: [echo]}\n"
+
+
+def job(name: str, **spec: str) -> str:
+    extra = "".join(f", {k}: {v}" for k, v in spec.items())
+    return f"---\napiVersion: ffrtmp.io/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec: {{scenario: enc{extra}}}\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def farm_on(store: Store, clock: Clock, text: str = SCENARIO) -> Farm:
+    farm = Farm(store, ControllerConfig(), clock=clock)
+    report = validate_texts({"m.yaml": text})
+    assert not report.problems
+    farm.apply([o.manifest for o in report.objects], Origin("api"), now=T0)
+    return farm
+
+
+def add(farm: Farm, text: str) -> None:
+    report = validate_texts({"more.yaml": SCENARIO + text})
+    assert not report.problems
+    farm.apply([o.manifest for o in report.objects], Origin("api"), now=T0)
+
+
+def last_heartbeat(store: Store, name: str) -> datetime | None:
+    with store.read() as session:
+        value = session.execute(sa.select(nodes_t.c.last_heartbeat).where(nodes_t.c.name == name)).scalar()
+    return value
+
+
+def audit_rows(store: Store) -> int:
+    with store.read() as session:
+        return int(session.execute(sa.select(sa.func.count()).select_from(AuditLog)).scalar_one())
+
+
+def settle(batcher: BeatBatcher, name: str, slots: int | None = 2, labels: dict[str, str] | None = None) -> bool:
+    return batcher.submit(name, slots, {} if labels is None else labels).result(timeout=10)
+
+
+def test_an_idle_beat_moves_the_heartbeat_and_writes_nothing_else(store: Store) -> None:
+    clock = Clock()
+    farm = farm_on(store, clock)
+    farm.heartbeat("n1", 2, {}, [])
+    before = audit_rows(store)
+    clock.now = T0 + timedelta(seconds=7)
+    assert settle(farm.beats, "n1") is True
+    assert last_heartbeat(store, "n1") == T0 + timedelta(seconds=7)
+    assert audit_rows(store) == before
+    farm.close()
+
+
+def test_what_the_batch_leaves_to_the_full_heartbeat(store: Store) -> None:
+    clock = Clock()
+    farm = farm_on(store, clock)
+    farm.heartbeat("n1", 2, {"ffmpeg": "true"}, [])
+    assert settle(farm.beats, "unknown") is False  # registers: the full path
+    assert settle(farm.beats, "n1", labels={"ffmpeg": "false"}) is False  # labels changed
+    assert settle(farm.beats, "n1", slots=3, labels={"ffmpeg": "true"}) is False  # slots changed
+    assert settle(farm.beats, "n1", slots=None, labels={"ffmpeg": "true"}) is True  # slots not told
+    farm.close()
+
+
+def test_a_node_that_is_not_ready_is_left_to_the_full_heartbeat(store: Store) -> None:
+    clock = Clock()
+    farm = farm_on(store, clock)
+    farm.heartbeat("n1", 2, {}, [])
+    with store.write() as session:
+        session.execute(sa.update(nodes_t).values(status="dead"))
+    clock.now = T0 + timedelta(seconds=3)
+    assert settle(farm.beats, "n1") is False
+    assert last_heartbeat(store, "n1") == T0  # not ready: not even the beat is recorded here
+    farm.close()
+
+
+def test_pending_work_or_held_jobs_go_to_the_full_heartbeat(store: Store) -> None:
+    clock = Clock()
+    farm = farm_on(store, clock, SCENARIO + job("j1"))
+    farm.heartbeat("n1", 1, {}, None)  # registers and is given j1
+    assert settle(farm.beats, "n1", slots=1) is False  # holds j1
+    farm.heartbeat("n2", 1, {}, [])
+    add(farm, job("j2"))
+    farm.heartbeat("n3", 1, {}, [])  # takes j2
+    add(farm, job("j3"))
+    assert settle(farm.beats, "n2", slots=1) is False  # j3 waits and n2 could take it
+    with store.write() as session:
+        session.execute(sa.update(nodes_t).where(nodes_t.c.name == "n2").values(unschedulable=True))
+    assert settle(farm.beats, "n2", slots=1) is True  # cordoned: nothing for it to take
+    farm.close()
+
+
+def test_many_beats_share_transactions_and_each_is_answered(store: Store) -> None:
+    clock = Clock()
+    farm = farm_on(store, clock)
+    names = [f"n{i}" for i in range(60)]
+    for name in names:
+        farm.heartbeat(name, 2, {}, [])
+    clock.now = T0 + timedelta(seconds=4)
+    futures = [farm.beats.submit(name, 2, {}) for name in names] + [farm.beats.submit("ghost", 2, {})]
+    answers = [f.result(timeout=10) for f in futures]
+    assert answers == [True] * 60 + [False]
+    assert farm.writer.units == 61
+    assert farm.writer.batches < 61
+    assert all(last_heartbeat(store, n) == clock.now for n in names)
+    farm.close()
+
+
+def test_after_close_every_beat_takes_the_full_path(store: Store) -> None:
+    clock = Clock()
+    farm = farm_on(store, clock)
+    farm.heartbeat("n1", 2, {}, [])
+    farm.close()
+    assert settle(farm.beats, "n1") is False
+
+
+def test_a_failing_batch_answers_false_and_the_thread_goes_on(store: Store) -> None:
+    clock = Clock()
+    farm = farm_on(store, clock)
+    farm.heartbeat("n1", 2, {}, [])
+    writer = GroupCommit(store)
+    batcher = BeatBatcher(writer, lambda: datetime(2026, 1, 1))  # naive: refused by the store
+    assert settle(batcher, "n1") is False
+    batcher.clock = clock
+    assert settle(batcher, "n1") is True
+    writer.close()
