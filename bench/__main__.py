@@ -9,7 +9,7 @@ Suites (in this order; ours and the peers alternate, round after round):
   api        heartbeats vs simulated nodes, submissions (one by one, POST /apply), delivery
   dispatch   no-op jobs through real workers, rounds alternating with the peers:
   peers      huey SqliteHuey, procrastinate (PostgreSQL), raw sqlite3 claim-and-complete
-  whatif     the controller with a proposed fix applied in-process, alternating with as is
+  replicas   two controllers on one PostgreSQL database vs one (heartbeats, dispatch)
   reconcile  the reconcile pass vs stored jobs/nodes (bench/reconcile.py)
   memory     the controller's peak RSS vs stored jobs
   gitops     the watched directory (bench/gitops.py)
@@ -36,8 +36,9 @@ from typing import Any
 from bench import api, dispatch, machine, peers
 from bench import gitops as gitops_bench
 from bench import reconcile as reconcile_bench
+from bench import replicas as replicas_bench
 
-SUITES = ("api", "dispatch", "peers", "whatif", "reconcile", "memory", "gitops")
+SUITES = ("api", "dispatch", "peers", "replicas", "reconcile", "memory", "gitops")
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": {
@@ -45,7 +46,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "one_by_one": 50, "apply_batches": 2, "apply_batch": 200, "delivery": 10,
         "dispatch_jobs": 60, "paced_jobs": 10, "paced_rate": 10, "rounds": 1,
         "huey_tasks": 200, "procrastinate_jobs": 200, "raw_jobs": 2000, "pg_dispatch_jobs": 0,
-        "whatif_jobs": 0, "reconcile": (20_000, 1_000, 1_000), "memory_jobs": [],
+        "replicas": (50, 16, 2, 60, 1), "reconcile": (20_000, 1_000, 1_000), "memory_jobs": [],
         "gitops": (10, 10),
     },
     "full": {
@@ -53,7 +54,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "one_by_one": 500, "apply_batches": 10, "apply_batch": 1000, "delivery": 100,
         "dispatch_jobs": 600, "paced_jobs": 100, "paced_rate": 10, "rounds": 2,
         "huey_tasks": 5000, "procrastinate_jobs": 3000, "raw_jobs": 20000, "pg_dispatch_jobs": 300,
-        "whatif_jobs": 300, "reconcile": (1_000_000, 10_000, 10_000), "memory_jobs": [10_000, 100_000],
+        "replicas": (1000, 32, 10, 600, 2), "reconcile": (1_000_000, 10_000, 10_000),
+        "memory_jobs": [10_000, 100_000],
         "gitops": (1000, 100),
     },
 }
@@ -153,16 +155,6 @@ def _ours_on_postgresql(jobs: int) -> dict[str, Any]:
         peers._drop(name, admin)
 
 
-def run_whatif(run: Run) -> dict[str, Any]:
-    jobs = run.sizes["whatif_jobs"]
-    out: dict[str, list[float]] = {"as_is": [], "patched": []}
-    for _ in range(2):
-        for key, patched in (("as_is", False), ("patched", True)):
-            out[key].append(dispatch.dispatch(jobs, 0, 1, patched=patched)["burst"]["per_s"])
-    return {"measure": f"dispatch of {jobs} no-op jobs, jobs/s, alternated", "fix": "write lock (bench/whatif.py)",
-            **out}
-
-
 def run_reconcile_and_memory(run: Run, do_reconcile: bool, do_memory: bool) -> None:
     jobs, nodes, pending = run.sizes["reconcile"]
     with tempfile.TemporaryDirectory(prefix="ffrtmp-bench-rec-") as tmp:
@@ -214,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         run.suite("api", lambda: run_api(run))
     if "dispatch" in chosen or "peers" in chosen:
         run.suite("dispatch_and_peers", lambda: run_dispatch_and_peers(run, "peers" in chosen))
-    if "whatif" in chosen and run.sizes["whatif_jobs"]:
-        run.suite("whatif", lambda: run_whatif(run))
+    if "replicas" in chosen:
+        nodes, concurrency, seconds, jobs, rounds = run.sizes["replicas"]
+        run.suite("replicas", lambda: replicas_bench.run(nodes, concurrency, seconds, jobs, rounds))
     if "reconcile" in chosen or "memory" in chosen:
         run_reconcile_and_memory(run, "reconcile" in chosen, "memory" in chosen)
     if "gitops" in chosen:

@@ -157,7 +157,7 @@ async def _heartbeats(url: str, admin: str, tokens: dict[str, str], rate: float,
             "false_deaths": dead}
 
 
-def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32, patched: bool = False,
+def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32,
                profile: Path | None = None) -> dict[str, Any]:
     """Heartbeat throughput and latency from `nodes` simulated nodes (a fresh controller on SQLite)."""
     with tempfile.TemporaryDirectory(prefix="ffrtmp-bench-hb-") as tmp:
@@ -165,7 +165,7 @@ def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32, p
         began = time.perf_counter()
         admin, tokens = mint_tokens(url, node_names(nodes))
         minted = time.perf_counter() - began
-        controller = Controller(url, Path(tmp), env=HEARTBEAT_ENV, patched=patched)
+        controller = Controller(url, Path(tmp), env=HEARTBEAT_ENV)
         controller.start()
         try:
             result = asyncio.run(_heartbeats(controller.url, admin, tokens, rate, seconds, concurrency,
@@ -173,7 +173,6 @@ def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32, p
         finally:
             controller.stop()
     return {"nodes": nodes, "auth": "on (one worker token per node)", "token_mint_seconds": round(minted, 1),
-            "controller": "with the write-lock patch" if patched else "as is",
             **result}
 
 

@@ -125,13 +125,13 @@ async def _dispatch(url: str, admin: str, jobs: int, paced: int, rate: float, pi
 
 
 def dispatch(jobs: int, paced: int, rate: float, workers: int = 4, slots: int = 8,
-             db_url: str | None = None, profile: Path | None = None, patched: bool = False) -> dict[str, Any]:
+             db_url: str | None = None, profile: Path | None = None) -> dict[str, Any]:
     """No-op jobs through real workers: throughput and submit-to-start."""
     with tempfile.TemporaryDirectory(prefix="ffrtmp-bench-disp-") as tmp:
         url = db_url or f"sqlite:///{tmp}/bench.db"
         names = [f"w{i}" for i in range(workers)]
         admin, tokens = mint_tokens(url, names)
-        controller = Controller(url, Path(tmp), env=DISPATCH_ENV, patched=patched)
+        controller = Controller(url, Path(tmp), env=DISPATCH_ENV)
         controller.start()
         farm = Workers(controller.url, tokens, slots, Path(tmp))
         try:
@@ -143,7 +143,7 @@ def dispatch(jobs: int, paced: int, rate: float, workers: int = 4, slots: int = 
             farm.stop()
             controller.stop()
     return {"workers": workers, "slots": slots, "database": url.split(":", 1)[0], "auth": "on",
-            "controller": "with the write-lock patch" if patched else "as is", **result}
+            **result}
 
 
 def _wait_ready(url: str, admin: str, names: list[str], timeout: float = 60.0) -> None:

@@ -59,8 +59,6 @@ class Controller:
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     log: Path | None = None
-    patched: bool = False
-    """Run `bench.whatif` (the controller with the proposed write lock) instead."""
 
     def start(self, timeout: float = 60.0) -> None:
         """Start it and wait for its `Listening on` line and `GET /readyz`."""
@@ -71,7 +69,7 @@ class Controller:
         env.pop("FFRTMP_TOKEN", None)
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bench.whatif" if self.patched else "controller", "controller", "--db", self.db_url, "--host", "127.0.0.1",
+                [sys.executable, "-m", "controller", "controller", "--db", self.db_url, "--host", "127.0.0.1",
                  "--port", "0", "--manifests", str(manifests), "--log-level", "info"],
                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )

@@ -99,7 +99,21 @@ def rows(data: dict[str, Any]) -> list[Row]:
         if p["procrastinate"] and p["ours_postgresql"]:
             out.append(("8", "dispatch on PostgreSQL vs procrastinate (x procrastinate)", "x",
                         round(p["ours_postgresql"] / p["procrastinate"], 3), 1.0, "min"))
-    out.append(("9", "two replicas vs one on PostgreSQL (heartbeats, dispatch)", "x", None, 1.0, "min"))
+    rep = _fig(data, "replicas")
+    if rep:
+        runs = [r for key in ("1", "2") for m in ("heartbeats", "dispatch") for r in rep[m][key]]
+        wrong = sum(r["checks"]["completed_twice"] + r["checks"]["assigned_twice_in_one_attempt"]
+                    + r["checks"]["failed"] + r["checks"]["nodes_declared_dead"]
+                    + (r["checks"]["jobs"] - r["checks"]["completed_once"])
+                    for r in runs if "checks" in r)
+        wrong += sum(r.get("nodes_declared_dead", 0) + r.get("errors", 0) for r in rep["heartbeats"]["2"])
+        out += [
+            ("9", "heartbeats, two replicas vs one on PostgreSQL (x one)", "x", rep["heartbeats_ratio"], 1.0, "min"),
+            ("9", "dispatch, two replicas vs one on PostgreSQL (x one)", "x", rep["dispatch_ratio"], 1.0, "min"),
+            ("9", "jobs lost, run twice or assigned twice; nodes falsely dead (all runs)", "", wrong, 0, "max"),
+        ]
+    else:
+        out.append(("9", "two replicas vs one on PostgreSQL (heartbeats, dispatch)", "x", None, 1.0, "min"))
     return out
 
 

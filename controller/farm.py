@@ -26,7 +26,7 @@ from controller.domain.states import ACTIVE_JOB_STATUSES, JobStatus, NodeStatus,
 from controller.manifests.schema import JobManifest, Manifest, PlaceholderError, render_command
 from controller.reconcile import lost_attempt, schedule
 from controller.sources.apply import ObjectResult, Origin, Outcome, apply_objects
-from controller.store import queries
+from controller.store import queries, views
 from controller.store.audit import write_audit
 from controller.store.engine import Store
 from controller.store.group import GroupCommit
@@ -198,6 +198,52 @@ class Farm:
         now: datetime | None = None,
     ) -> str:
         """Create one job from fields (`POST /jobs`); returns its name. 409 if the name exists."""
+        job_name, work = self._submit_work(scenario, priority, parameters, name, spec, labels,
+                                           client_id, now)
+        with self.store.write() as session:
+            work(session)
+        self._changed()
+        return job_name
+
+    def submit_batched(
+        self,
+        scenario: str,
+        priority: Priority | str = Priority.MEDIUM,
+        parameters: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        spec: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        client_id: str | None = None,
+    ) -> Future[views.JobView] | None:
+        """`submit`, written with other requests' writes; the future holds the new job's view.
+
+        None when the writer is closed (shutting down): call `submit` instead.
+        """
+        job_name, work = self._submit_work(scenario, priority, parameters, name, spec, labels,
+                                           client_id, None)
+
+        def unit(session: Session) -> views.JobView:
+            work(session)
+            view = views.get_job(session, job_name, self.config)
+            assert view is not None  # created in this very transaction
+            return view
+
+        written = self.writer.submit(unit, key=("job", job_name))
+        if written is None:
+            return None
+        def created(future: Future[views.JobView]) -> None:
+            if future.exception() is None:
+                self._changed()
+
+        written.add_done_callback(created)
+        return written
+
+    def _submit_work(
+        self, scenario: str, priority: Priority | str, parameters: Mapping[str, Any] | None,
+        name: str | None, spec: Mapping[str, Any] | None, labels: Mapping[str, str] | None,
+        client_id: str | None, now: datetime | None,
+    ) -> tuple[str, Callable[[Session], None]]:
+        """The job's name and the writes that create it (raising Conflict or InvalidRequest)."""
         job_name = name or f"{scenario}-{secrets.token_hex(3)}"
         body = {
             "apiVersion": "ffrtmp.io/v1",
@@ -208,15 +254,16 @@ class Farm:
         }
         manifest = JobManifest.model_validate(body)
         at = self._now(now)
-        with self.store.write() as session:
+
+        def work(session: Session) -> None:
             if queries.job_by_name(session, job_name) is not None:
                 raise Conflict(f"job {job_name!r} already exists")
             (result,) = apply_objects(session, [manifest], Origin("api", None, client_id), at,
                                       self.config)
             if result.result is Outcome.ERROR:
                 raise InvalidRequest(result.error or "invalid job")
-        self._changed()
-        return job_name
+
+        return job_name, work
 
     def patch_job(
         self, name: str, patch: Mapping[str, Any], client_id: str | None = None,

@@ -50,6 +50,7 @@ from controller.store import migrate, views
 from controller.store.audit import write_audit
 from controller.store.engine import Store
 from controller.store.leases import Fence, FencedStore
+from controller.store.notify import ChangeFeed
 
 log = logging.getLogger("controller.service")
 
@@ -170,8 +171,14 @@ class ControllerService:
         self._leading_lock = threading.Lock()
         self.notifier = WorkNotifier()
         self.auth = AuthManager(self.store, config.auth, self.metrics)
+        # Several replicas on PostgreSQL: wake-ups cross to the others' long-polls.
+        self.feed = (
+            ChangeFeed(config.database.url, self.elector.identity,
+                       on_changed=self.notifier.changed, on_bound=self.notifier.nodes_bound)
+            if self.store.dialect == "postgresql" else None
+        )
         self.farm = Farm(self.store, config, on_change=self._on_change, clock=clock,
-                         on_started=self._on_started, on_handout=self.notifier.changed)
+                         on_started=self._on_started, on_handout=self._on_handout)
         self.started_at = clock()
         self.reconciler = Reconciler(
             self.leader_store, config, self.started_at,
@@ -190,7 +197,12 @@ class ControllerService:
 
     def _on_change(self) -> None:
         self.loop.wake()
+        self._on_handout()
+
+    def _on_handout(self) -> None:
         self.notifier.changed()
+        if self.feed is not None:
+            self.feed.changed()
 
     def _on_started(self, job: str, created_at: datetime, started_at: datetime) -> None:
         self.metrics.submit_to_start.observe(max(0.0, (started_at - created_at).total_seconds()))
@@ -227,7 +239,10 @@ class ControllerService:
 
     def _on_pass(self, result: PassResult) -> None:
         if result.scheduled:
-            self.notifier.nodes_bound(node for _, node in result.scheduled)
+            bound = {node for _, node in result.scheduled}
+            self.notifier.nodes_bound(bound)
+            if self.feed is not None:
+                self.feed.bound(bound)
         m = self.metrics
         m.dead_nodes.inc(len(result.dead_nodes))
         m.reassigned_jobs.inc(len(result.requeued))
@@ -255,6 +270,8 @@ class ControllerService:
         logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
         log.info("[Controller] Started ffrtmp %s (database %s, schema %s, identity %s)", __version__,
                  self.store.dialect, migrate.current_revision(self.store), self.elector.identity)
+        if self.feed is not None:
+            self.feed.start()
         self.elector.start()
         self.loop.start()
 
@@ -270,6 +287,8 @@ class ControllerService:
         self.begin_shutdown()
         self.loop.stop()
         self.farm.close()
+        if self.feed is not None:
+            self.feed.stop()
         self.elector.stop(release=True)
         self._stop_source()
         log.info("[Controller] Stopped after %d reconcile passes", self.loop.passes)

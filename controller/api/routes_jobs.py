@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
+from starlette.concurrency import run_in_threadpool
 
 from controller.api.context import Ctx, Cursor, Limit, ObjectName, decode_cursor, encode_cursor
 from controller.api.errors import ApiProblem
@@ -38,13 +41,18 @@ def _job(ctx: Ctx, name: str) -> JobOut:
     responses={409: {"model": ErrorBody, "description": "A job of that name exists."},
                422: {"model": ErrorBody, "description": "Invalid fields."}},
 )
-def submit_job(body: JobCreate, ctx: Ctx, principal: Writer) -> JobOut:
+async def submit_job(body: JobCreate, ctx: Ctx, principal: Writer) -> JobOut:
     """Create a job from fields (object source `api`)."""
-    name = ctx.farm.submit(
-        body.scenario, body.priority, body.parameters, body.name, spec=body.spec_fields(),
-        labels=body.labels, client_id=principal.client_id,
-    )
-    return _job(ctx, name)
+    fields: dict[str, Any] = {"spec": body.spec_fields(), "labels": body.labels,
+                              "client_id": principal.client_id}
+    # Written with other requests' writes in one transaction (group commit), answered once
+    # it has committed; alone when the writer is closed (shutting down).
+    written = ctx.farm.submit_batched(body.scenario, body.priority, body.parameters, body.name, **fields)
+    if written is None:
+        name = await run_in_threadpool(
+            partial(ctx.farm.submit, body.scenario, body.priority, body.parameters, body.name, **fields))
+        return await run_in_threadpool(_job, ctx, name)
+    return JobOut.model_validate(await asyncio.wrap_future(written))
 
 
 @router.get("/jobs", response_model=Page[JobOut], summary="List jobs")

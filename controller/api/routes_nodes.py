@@ -124,6 +124,14 @@ async def heartbeat(
     ] = False,
 ) -> Response:
     """Record the beat, fence what the worker holds, schedule for this node and answer."""
+    return await answer_heartbeat(ctx, name, body, principal, wait_seconds, draining)
+
+
+async def answer_heartbeat(
+    ctx: ApiContext, name: str, body: HeartbeatIn, principal: Principal, wait_seconds: float,
+    draining: bool,
+) -> Response:
+    """The heartbeat route's work, once its request is parsed (also `controller.api.fastlane`)."""
     principal.require(Permission.WORKER_REPORT, name)
     ctx.metrics.heartbeats.inc()
     running = [(r.job, r.attempt) for r in body.running] if body.running is not None else None

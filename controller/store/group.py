@@ -45,6 +45,7 @@ class _Unit(Generic[T]):
     work: Callable[[Session], T]
     key: tuple[str, ...]
     done: Future[T]
+    savepoint: bool
 
 
 class GroupCommit:
@@ -66,18 +67,22 @@ class GroupCommit:
         """True once `close()` was called: new work is refused (callers write alone)."""
         return self._closed
 
-    def submit(self, work: Callable[[Session], T], key: tuple[str, ...] = ()) -> Future[T] | None:
+    def submit(
+        self, work: Callable[[Session], T], key: tuple[str, ...] = (), savepoint: bool = True
+    ) -> Future[T] | None:
         """Queue `work(session)`; its future resolves once its transaction has committed.
 
         Units of a batch run in `key` order (then arrival order), so that two batches,
-        here or on another replica, take row locks in the same order. None when closed:
-        the caller then runs the work in a transaction of its own.
+        here or on another replica, take row locks in the same order. Without
+        `savepoint`, for work that raises only when the database fails, an exception
+        undoes the whole batch, whose units are then written one by one. None when
+        closed: the caller then runs the work in a transaction of its own.
         """
         done: Future[T] = Future()
         with self._lock:
             if self._closed:
                 return None
-            self._queue.put(_Unit(work, key, done))
+            self._queue.put(_Unit(work, key, done, savepoint))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
@@ -143,6 +148,8 @@ class GroupCommit:
 
     @staticmethod
     def _attempt(session: Session, unit: _Unit[Any]) -> tuple[bool, Any]:
+        if not unit.savepoint:
+            return True, unit.work(session)  # an exception fails the batch (see `_commit`)
         savepoint = session.begin_nested()
         try:
             result = unit.work(session)

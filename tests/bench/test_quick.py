@@ -28,11 +28,17 @@ def test_quick_run_writes_every_result(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads((tmp_path / "results-quick.json").read_text())
     assert data["errors"] == {}
-    assert set(data["suites"]) == {"api", "dispatch_and_peers", "reconcile", "memory", "gitops"}
+    assert set(data["suites"]) == {"api", "dispatch_and_peers", "replicas", "reconcile", "memory", "gitops"}
     round_one = data["suites"]["dispatch_and_peers"]["figures"]["rounds"][0]
     assert set(round_one) == {"ours_sqlite", "huey_noop", "huey_spawn_true", "raw_sqlite3", "procrastinate"}
     assert round_one["ours_sqlite"]["burst"]["per_s"] > 0
     assert round_one["ours_sqlite"]["failed"] == 0
+    replicas = data["suites"]["replicas"]["figures"]
+    for measure in ("heartbeats", "dispatch"):
+        assert [r["replicas"] for r in replicas[measure]["1"] + replicas[measure]["2"]] == [1, 2]
+        assert replicas[f"{measure}_ratio"] > 0
+    for run in replicas["dispatch"]["1"] + replicas["dispatch"]["2"]:
+        assert run["checks"]["completed_once"] == run["jobs"] and run["checks"]["completed_twice"] == 0
     for suite in data["suites"].values():
         assert {"1m", "5m", "15m"} <= set(suite["load_before"]) and "1m" in suite["load_after"]
     assert data["durability"]["ours_sqlite"].startswith("WAL, synchronous=NORMAL")
