@@ -13,7 +13,7 @@ from controller import __version__
 from controller.api import routes_admin, routes_apply, routes_jobs, routes_nodes
 from controller.api.context import ApiContext
 from controller.api.errors import install_error_handlers
-from controller.api.fastlane import HeartbeatLane
+from controller.api.fastlane import WorkerLane
 from controller.api.limits import BodyLimitMiddleware
 from controller.api.longpoll import WorkNotifier
 from controller.api.routes_probes import docs_router, metrics_router, probe_router
@@ -74,9 +74,9 @@ def create_app(
     app.include_router(docs_router())
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     public = PROBES | ({"/metrics"} if config.metrics.public else set())
-    # Added last = outermost: authenticate before anything reads the body; the heartbeat
-    # lane sees authenticated requests whose body is counted against the limit.
-    app.add_middleware(HeartbeatLane, ctx=ctx)
+    # Added last = outermost: authenticate before anything reads the body; the worker
+    # protocol's lane sees authenticated requests whose body is counted against the limit.
+    app.add_middleware(WorkerLane, ctx=ctx)
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.server.max_body_bytes)
     app.add_middleware(AuthMiddleware, auth=auth, public_paths=public, clock=clock)
     return app

@@ -1,17 +1,20 @@
-"""A short way through the stack for the most frequent request: a worker's heartbeat.
+"""A short way through the stack for the worker protocol: heartbeats and reports.
 
-Every worker beats every few seconds; 1,000 workers are hundreds of beats a second,
-most of them from idle workers with nothing to start. FastAPI's routing, dependency
-resolution and exception middleware cost several times what such a beat needs once
-its token is checked. This ASGI middleware, inside authentication and the body limit,
-recognizes `POST /nodes/{name}/heartbeat` with a well-formed JSON body and nothing
-unusual in its query, parses the body with the route's own model and answers with
-the route's own function (`routes_nodes.answer_heartbeat`): same rules, same answer.
+Every worker beats every few seconds and reports twice per job; 1,000 workers are
+hundreds of such requests a second. FastAPI's routing, dependency resolution and
+exception middleware cost several times what one of them needs once its token is
+checked. This ASGI middleware, inside authentication and the body limit, recognizes
+`POST /nodes/{name}/heartbeat` (at most `waitSeconds` in its query) and
+`POST /jobs/{name}/attempts/{attempt}` (no query) with a JSON body, parses the body
+with the route's own model and answers with the route's own function
+(`routes_nodes.answer_heartbeat`, `answer_report`): same rules, same answers.
 
-Anything else, and anything that fails on the way (a body the model refuses, a
-forbidden node, an unknown node with auto-registration off, an error), is passed to
-the application with the body replayed, so that the route answers it exactly as it
-would have: a beat is idempotent, so doing it again there is safe.
+Requests it does not recognize, and bodies the model refuses, are passed to the
+application with the body replayed, so the route answers them exactly as it would
+have. The protocol's own refusals (403, 404, 409) are answered here in the same
+error format. Any other error of a heartbeat goes to the route too (a beat is
+idempotent); one of a report is answered 500 like the application does (its write
+was rolled back, but it must not be applied twice by a replay).
 """
 
 from __future__ import annotations
@@ -21,18 +24,25 @@ import math
 import re
 from urllib.parse import parse_qsl
 
+from pydantic import ValidationError
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.api.context import ApiContext
-from controller.api.routes_nodes import answer_heartbeat
-from controller.api.schemas import HeartbeatIn
+from controller.api.errors import auth_error_response, error_response
+from controller.api.routes_nodes import answer_heartbeat, answer_report
+from controller.api.schemas import INT32, HeartbeatIn, ReportIn
 from controller.api.security import PRINCIPAL
+from controller.auth.errors import PermissionDenied
 from controller.auth.roles import Principal
+from controller.farm import FarmError
 from controller.manifests.schema import NAME_MAX, NAME_PATTERN
 
 log = logging.getLogger("controller.api")
 
-_PATH = re.compile(f"^/nodes/({NAME_PATTERN})/heartbeat$")
+# Named groups: NAME_PATTERN has groups of its own.
+_HEARTBEAT = re.compile(f"^/nodes/(?P<name>{NAME_PATTERN})/heartbeat$")
+_REPORT = re.compile(f"^/jobs/(?P<name>{NAME_PATTERN})/attempts/(?P<attempt>[1-9][0-9]{{0,9}})$")
 _JSON = (b"application/json",)
 
 
@@ -50,34 +60,67 @@ def _wait_seconds(query: bytes) -> float | None:
     return value if math.isfinite(value) and value >= 0 else None
 
 
-class HeartbeatLane:
-    """Answers plain heartbeats itself; passes everything else to `app`."""
+class WorkerLane:
+    """Answers plain heartbeats and reports itself; passes everything else to `app`."""
 
     def __init__(self, app: ASGIApp, ctx: ApiContext) -> None:
         self.app = app
         self.ctx = ctx
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Take a plain heartbeat, or hand the request on untouched."""
-        if scope["type"] != "http" or scope["method"] != "POST":
+        """Take a plain heartbeat or report, or hand the request on untouched."""
+        principal = scope.get("state", {}).get(PRINCIPAL) if scope["type"] == "http" else None
+        if scope["type"] != "http" or scope["method"] != "POST" or not isinstance(principal, Principal) \
+                or not self._json(scope):
             await self.app(scope, receive, send)
             return
-        found = _PATH.match(scope["path"])
-        principal = scope.get("state", {}).get(PRINCIPAL)
-        wait = _wait_seconds(scope.get("query_string", b""))
-        if (found is None or len(found.group(1)) > NAME_MAX or not isinstance(principal, Principal)
-                or wait is None or not self._json(scope)):
-            await self.app(scope, receive, send)
-            return
+        path: str = scope["path"]
+        query: bytes = scope.get("query_string", b"")
+        if path.endswith("/heartbeat"):
+            beat = _HEARTBEAT.match(path)
+            wait = _wait_seconds(query)
+            if beat is not None and len(beat["name"]) <= NAME_MAX and wait is not None:
+                await self._heartbeat(scope, receive, send, principal, beat["name"], wait)
+                return
+        elif not query:
+            report = _REPORT.match(path)
+            if report is not None and len(report["name"]) <= NAME_MAX and int(report["attempt"]) <= INT32:
+                await self._report(scope, receive, send, principal, report["name"], int(report["attempt"]))
+                return
+        await self.app(scope, receive, send)
+
+    async def _heartbeat(self, scope: Scope, receive: Receive, send: Send, principal: Principal,
+                         name: str, wait: float) -> None:
         body, messages = await self._read(receive)
         try:
             beat = HeartbeatIn.model_validate_json(body)
-            response = await answer_heartbeat(self.ctx, found.group(1), beat, principal, wait, False)
-        except Exception as exc:  # ValidationError included
-            # The route answers (a 4xx for a bad request): it knows the error format.
+            response = await answer_heartbeat(self.ctx, name, beat, principal, wait, False)
+        except Exception as exc:  # a refused body, or any error: the route answers it
             log.debug("[API] heartbeat passed on to the route: %s", exc)
             await self.app(scope, self._replay(messages, receive), send)
             return
+        await response(scope, receive, send)
+
+    async def _report(self, scope: Scope, receive: Receive, send: Send, principal: Principal,
+                      name: str, attempt: int) -> None:
+        body, messages = await self._read(receive)
+        try:
+            report = ReportIn.model_validate_json(body)
+        except ValidationError as exc:
+            log.debug("[API] report passed on to the route: %s", exc)
+            await self.app(scope, self._replay(messages, receive), send)
+            return
+        response: Response
+        try:
+            out = await answer_report(self.ctx, name, attempt, report, principal)
+            response = Response(out.model_dump_json(), media_type="application/json")
+        except FarmError as exc:
+            response = error_response(exc.status_code, str(exc), exc.code)
+        except PermissionDenied as exc:
+            response = auth_error_response(exc)
+        except Exception as exc:  # as the application's own handler answers a bug
+            log.exception("[API] Internal error on POST %s: %s", scope["path"], exc)
+            response = error_response(500, "internal error (a bug); see the controller log", "InternalError")
         await response(scope, receive, send)
 
     @staticmethod

@@ -33,7 +33,7 @@ from controller.api.schemas import (
 )
 from controller.api.security import require
 from controller.auth.errors import PermissionDenied
-from controller.auth.roles import Permission, Principal, Role
+from controller.auth.roles import Permission, Principal, Role, role_allows
 from controller.domain.states import NodeStatus
 from controller.farm import HeartbeatReply, NotFound
 from controller.store import views
@@ -195,6 +195,16 @@ async def report(
     principal: Worker,
 ) -> ReportOut:
     """Apply a worker's report: fenced by attempt (409 when stale) and idempotent."""
+    return await answer_report(ctx, name, attempt, body, principal)
+
+
+async def answer_report(
+    ctx: ApiContext, name: str, attempt: int, body: ReportIn, principal: Principal
+) -> ReportOut:
+    """The report route's work, once its request is parsed (also `controller.api.fastlane`)."""
+    if not role_allows(principal.role, Permission.WORKER_REPORT):
+        raise PermissionDenied(f"role {principal.role.value!r} of client {principal.client_id!r} "
+                               f"may not {Permission.WORKER_REPORT.value}")
     node = body.node
     if principal.role is Role.WORKER:
         if node is not None and node != principal.node:

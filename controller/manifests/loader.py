@@ -7,11 +7,13 @@ and alias bombs are refused instead of silently accepted or expanded.
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -29,10 +31,50 @@ MAX_DEPTH = 100
 FieldPath = tuple[str | int, ...]
 """Where a value sits in a document: mapping keys and list indexes."""
 
-# PyYAML's C composer is several times faster; the pure-Python one is the fallback.
-_YamlLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 _TAG = "tag:yaml.org,2002:"
+_STR = _TAG + "str"
+_NULL = _TAG + "null"
+_MAP = _TAG + "map"
+_SEQ = _TAG + "seq"
+
+# PyYAML's C composer is several times faster; the pure-Python one is the fallback.
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_IMPLICIT_FIRST = frozenset(k for k in _BaseLoader.yaml_implicit_resolvers if k)
+_RESOLVED: dict[str, str] = {}
+"""Tags of plain scalars that may have an implicit type (`3`, `no`, `1920x1080`): manifests
+repeat them, and PyYAML tries its regular expressions one by one."""
+_RESOLVED_MAX = 10_000
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[misc]
+    """The safe loader, cheaper where the composer calls back into Python for every node."""
+
+    yaml_path_resolvers: ClassVar[dict[Any, Any]] = {}
+    """No path resolvers, even if some are added to PyYAML's loaders: a tag depends on the
+    scalar alone."""
+
+    # Around every node the composer tells the resolver where it is, which matters only
+    # to path resolvers. A builtin taking the same arguments costs no Python frame.
+    descend_resolver = staticmethod(operator.is_)  # (parent, index): result ignored
+    ascend_resolver = staticmethod(tuple)  # (): result ignored
+
+    def resolve(self, kind: type[Node], value: Any, implicit: tuple[bool, bool]) -> str:
+        """The tag of a node without an explicit one (as PyYAML's resolver decides it)."""
+        if kind is not ScalarNode:
+            return _MAP if kind is MappingNode else _SEQ  # PyYAML's defaults
+        if not implicit[0] or (value and value[0] not in _IMPLICIT_FIRST):
+            return _STR  # quoted, or plain but no implicit type starts with this character
+        tag = _RESOLVED.get(value)
+        if tag is None:
+            tag = str(super().resolve(kind, value, implicit))
+            if len(_RESOLVED) < _RESOLVED_MAX and len(value) <= 64:
+                _RESOLVED[value] = tag
+        return tag
+
+
+if None in _BaseLoader.yaml_implicit_resolvers:  # a wildcard resolver: no shortcut is safe
+    del _YamlLoader.resolve
+
 _SIMPLE_FIELD = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -64,17 +106,63 @@ class Problem:
         return f"{self.path}:{self.line}: {self.message}"
 
 
-@dataclass(frozen=True)
 class LineMap:
-    """The 1-based line of every value (and of every mapping key) of one document."""
+    """The 1-based line of every value (and of every mapping key) of one document.
 
-    values: Mapping[FieldPath, int]
-    keys: Mapping[FieldPath, int] = field(default_factory=dict)
+    A map built by `deferred` is computed on first use: files that load cleanly have
+    their lines worked out only when an error has to point at one.
+    """
+
+    __slots__ = ("_keys", "_source", "_values")
+
+    def __init__(
+        self, values: Mapping[FieldPath, int], keys: Mapping[FieldPath, int] | None = None
+    ) -> None:
+        self._values = values
+        self._keys: Mapping[FieldPath, int] = keys if keys is not None else {}
+        self._source: Callable[[], LineMap] | None = None
+
+    @classmethod
+    def deferred(cls, source: Callable[[], LineMap]) -> LineMap:
+        """A map that `source()` builds the first time it is read."""
+        lines = cls({})
+        lines._source = source
+        return lines
+
+    def _built(self) -> None:
+        source = self._source
+        if source is not None:
+            real = source()
+            self._values, self._keys = real.values, real.keys
+            self._source = None
+
+    @property
+    def values(self) -> Mapping[FieldPath, int]:
+        """Line of the value at each path."""
+        self._built()
+        return self._values
+
+    @property
+    def keys(self) -> Mapping[FieldPath, int]:
+        """Line of the mapping key naming each path."""
+        self._built()
+        return self._keys
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LineMap):
+            return NotImplemented
+        return self.values == other.values and self.keys == other.keys
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LineMap({dict(self.values)!r}, {dict(self.keys)!r})"
 
     def line_of(self, path: FieldPath) -> int:
         """Line of the value at `path`, else of its nearest recorded ancestor."""
+        values = self.values
         for end in range(len(path), -1, -1):
-            line = self.values.get(path[:end])
+            line = values.get(path[:end])
             if line is not None:
                 return line
         return 1
@@ -375,6 +463,99 @@ def _declared(data: Any, lines: LineMap, item_lists: bool) -> Iterator[tuple[Any
     yield data, lines
 
 
+class _NotSimple(Exception):
+    """The quick conversion met something only the careful one judges (and words)."""
+
+
+_CONSTRUCTOR = SafeConstructor()
+
+
+def _quick_scalar(node: ScalarNode) -> Any:
+    tag, value = node.tag, node.value
+    if tag == _TAG + "int":
+        if value.isascii() and value.isdigit() and (value[0] != "0" or value == "0"):
+            return int(value)
+        return _CONSTRUCTOR.construct_yaml_int(node)
+    if tag == _NULL:
+        return None
+    if tag == _TAG + "bool":
+        return _CONSTRUCTOR.construct_yaml_bool(node)
+    if tag == _TAG + "float":
+        return _CONSTRUCTOR.construct_yaml_float(node)
+    if tag == _TAG + "timestamp":
+        return value
+    raise _NotSimple
+
+
+def _quick_value(node: Node, depth: int) -> Any:
+    """`_Converter._value` for a tree without aliases, recording no lines; `_NotSimple` on
+    anything the careful conversion would refuse."""
+    if depth > MAX_DEPTH:
+        raise _NotSimple
+    cls = type(node)
+    if cls is ScalarNode:
+        return node.value if node.tag == _STR else _quick_scalar(node)  # type: ignore[arg-type]
+    if cls is MappingNode and node.tag == _MAP:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if type(key_node) is not ScalarNode or key_node.tag != _STR:
+                raise _NotSimple
+            key = key_node.value
+            if key in out:
+                raise _NotSimple
+            if type(value_node) is ScalarNode and value_node.tag == _STR and depth < MAX_DEPTH:
+                out[key] = value_node.value  # the common case, without a call
+            else:
+                out[key] = _quick_value(value_node, depth + 1)
+        return out
+    if cls is SequenceNode and node.tag == _SEQ:
+        return [_quick_value(item, depth + 1) for item in node.value]
+    raise _NotSimple
+
+
+class _DeferredLines:
+    """The line maps of a cleanly loaded text, worked out by the careful load when first read."""
+
+    def __init__(self, text: str, path: str) -> None:
+        self._text = text
+        self._path = path
+        self._maps: list[LineMap] | None = None
+
+    def lines(self, index: int) -> LineMap:
+        """The line map of the text's document number `index`."""
+        maps = self._maps
+        if maps is None:
+            maps = [d.lines for d in _load_careful(self._text, self._path, False).documents]
+            self._maps = maps
+        return maps[index]
+
+
+def _load_quick(text: str, path: str) -> tuple[Document, ...] | None:
+    """The documents of a text that holds only plain mappings and nothing to refuse, else None.
+
+    Most files are like that; for them the values are converted without the bookkeeping
+    of aliases and lines (the lines are deferred). Anything else is left to the careful
+    load, so that its problems and messages are the only ones.
+    """
+    if "&" in text:
+        return None  # anchors, hence aliases, may be used: only the careful load counts them
+    deferred = _DeferredLines(text, path)
+    documents: list[Document] = []
+    try:
+        for root in _roots(text):
+            if root is None or (type(root) is ScalarNode and root.tag == _NULL):
+                continue
+            if type(root) is not MappingNode:
+                return None
+            data = _quick_value(root, 0)
+            index = len(documents)
+            lines = LineMap.deferred(partial(deferred.lines, index))
+            documents.append(Document(path, index, _line(root), data, lines))
+    except Exception:  # the careful load meets it again, and reports it
+        return None
+    return tuple(documents)
+
+
 def load_text(text: str | bytes, path: str, *, item_lists: bool = False) -> LoadResult:
     """Load every document of one manifest text (`item_lists`: JSON lists, `{"items": []}`)."""
     # `item_lists` serves `POST /apply`, whose JSON bodies are a list or {"items": [...]}.
@@ -390,7 +571,15 @@ def load_text(text: str | bytes, path: str, *, item_lists: bool = False) -> Load
         nul = text.index("\0")
         message = f"binary data (NUL character at offset {nul}); a manifest must be text"
         return LoadResult(problems=(Problem(path, _offset_line(text, nul), "", message),))
+    if not item_lists:
+        quick = _load_quick(text, path)
+        if quick is not None:
+            return LoadResult(quick)
+    return _load_careful(text, path, item_lists)
 
+
+def _load_careful(text: str, path: str, item_lists: bool) -> LoadResult:
+    """Load a text converting every node with its line, judging aliases, tags and keys."""
     converter = _Converter()
     documents: list[Document] = []
     problems: list[Problem] = []

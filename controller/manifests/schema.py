@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -240,10 +241,16 @@ class _Strict(BaseModel):
     @classmethod
     def _null_means_unset(cls, data: Any) -> Any:
         """An explicit `null` on an optional field means "not set" (as kubectl reads it)."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or None not in data.values():
             return data
-        optional = {f.alias or n for n, f in cls.model_fields.items() if not f.is_required()}
+        optional = _optional_fields(cls)
         return {k: v for k, v in data.items() if not (v is None and k in optional)}
+
+
+@cache
+def _optional_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The names, as written in a manifest, of a model's optional fields."""
+    return frozenset(f.alias or n for n, f in model.model_fields.items() if not f.is_required())
 
 
 class Metadata(_Strict):
@@ -284,6 +291,10 @@ class RetryPolicy(_Strict):
     fail_on_exit_codes: list[ExitCode] = Field(default_factory=list)
 
 
+_NO_RETRY_POLICY = RetryPolicy()
+"""The default policy, shared (the models are frozen): building one per Job costs a validation."""
+
+
 class JobSpec(_Strict):
     """One run of a Scenario with parameters."""
 
@@ -295,7 +306,7 @@ class JobSpec(_Strict):
     active_deadline_seconds: Seconds | None = None
     node_selector: Labels = Field(default_factory=dict)
     suspend: bool = False
-    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry_policy: RetryPolicy = Field(default_factory=lambda: _NO_RETRY_POLICY)
 
 
 class NodeSpec(_Strict):
@@ -535,8 +546,13 @@ def spec_hash(manifest: Manifest) -> str:
     """sha256 of a canonical JSON of what the object declares (kind, metadata, spec)."""
     # Defaults are filled in, so writing a default out (`priority: medium`) is no change.
     declared = manifest.model_dump(mode="json", by_alias=True, exclude_none=True)
-    canonical = json.dumps(declared, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_CANONICAL.encode(declared).encode("utf-8")).hexdigest()
+
+
+# One encoder for every hash (json.dumps builds one per call); a model dump has no cycles.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False
+)
 
 
 def json_schema() -> dict[str, Any]:

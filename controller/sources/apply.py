@@ -34,6 +34,7 @@ from controller.manifests.schema import (
 )
 from controller.store import queries
 from controller.store.audit import write_audit, write_audit_many
+from controller.store.bulk import insert_many
 from controller.store.timeouts import refresh_running_timeouts
 from controller.store.transitions import jobs_t, nodes_t
 
@@ -82,8 +83,11 @@ def _owned_elsewhere(row: Any, origin: Origin) -> str | None:
     return f"owned by file {row.source_path}: change it there"
 
 
+_ORDER = {"Scenario": 0, "Node": 1, "Job": 2}
+
+
 def _order(manifest: Manifest) -> int:
-    return {"Scenario": 0, "Node": 1, "Job": 2}[manifest.kind]
+    return _ORDER[manifest.kind]
 
 
 def apply_objects(
@@ -221,32 +225,35 @@ _SPEC_NAMES = {
 }
 
 
-_Template = tuple[frozenset[str], frozenset[str]]
-"""A scenario as the placeholder check sees it: its placeholders and its defaults."""
+_Template = frozenset[str]
+"""A scenario as the placeholder check sees it: the placeholders its defaults leave open."""
 
 
 def _templates(
     session: Session, jobs: Sequence[JobManifest], batch_scenarios: Mapping[str, ScenarioManifest]
 ) -> dict[str, _Template]:
     """The scenarios the jobs name: declared in the batch, else stored (one query)."""
-    out = {
-        name: (frozenset(placeholders(m.spec.command)), frozenset(m.spec.defaults))
-        for name, m in batch_scenarios.items()
-    }
-    wanted = sorted({j.spec.scenario for j in jobs} - set(out))
-    if wanted:
-        for name, info in queries.scenarios_by_name(session, wanted).items():
-            out[name] = (frozenset(placeholders(info.command)), frozenset(info.defaults))
+    wanted = {j.spec.scenario for j in jobs}
+    out: dict[str, _Template] = {}
+    for name in wanted:
+        declared = batch_scenarios.get(name)
+        if declared is not None:
+            out[name] = frozenset(placeholders(declared.spec.command)).difference(
+                declared.spec.defaults
+            )
+    stored = sorted(wanted - out.keys())
+    if stored:
+        for name, info in queries.scenarios_by_name(session, stored).items():
+            out[name] = frozenset(placeholders(info.command)).difference(info.defaults)
     return out
 
 
 def _missing_values(m: JobManifest, templates: Mapping[str, _Template]) -> str | None:
     """An error when the Job's Scenario is known and a placeholder has no value."""
-    template = templates.get(m.spec.scenario)
-    if template is None:
+    open_ = templates.get(m.spec.scenario)
+    if not open_:
         return None
-    needed, defaults = template
-    missing = needed - defaults - set(m.spec.parameters)
+    missing = open_.difference(m.spec.parameters)
     if not missing:
         return None
     names = ", ".join("{" + p + "}" for p in sorted(missing))
@@ -257,18 +264,22 @@ def _created_job(
     m: JobManifest, digest: str, origin: Origin, now: datetime
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The jobs row and the `job.created` audit row of a new job."""
+    name, spec = m.name, m.spec
     row = {
-        "name": m.name, "status": str(JobStatus.PENDING), "attempt": 0, "retry_count": 0,
+        "name": name, "status": _PENDING, "attempt": 0, "retry_count": 0,
         "source": origin.source, "source_path": origin.path, "spec_hash": digest,
         "created_at": now, "updated_at": now, **job_columns(m),
     }
     audit = {
-        "event_type": "job.created", "entity_type": "job", "entity_id": m.name,
+        "event_type": "job.created", "entity_type": "job", "entity_id": name,
         "client_id": origin.client_id, "created_at": now,
-        "details": {"scenario": m.spec.scenario, "priority": str(m.spec.priority),
+        "details": {"scenario": spec.scenario, "priority": str(spec.priority),
                     "source": origin.source, "path": origin.path},
     }
     return row, audit
+
+
+_PENDING = str(JobStatus.PENDING)
 
 
 _JOB_BATCH = 500
@@ -291,48 +302,52 @@ def _apply_jobs(
 
     def flush() -> None:
         if rows:
-            session.execute(sa.insert(jobs_t), rows)
+            insert_many(session, jobs_t, rows)
             write_audit_many(session, audits)
             rows.clear()
             audits.clear()
 
     for index, m in jobs:
+        name = m.name
         if (error := _missing_values(m, templates)) is not None:
-            results[index] = ObjectResult("Job", m.name, Outcome.ERROR, error, field="spec.parameters")
+            results[index] = ObjectResult("Job", name, Outcome.ERROR, error, field="spec.parameters")
             continue
         digest = spec_hash(m)
-        state = existing.get(m.name)
+        state = existing.get(name)
         if state is None:
             row, audit = _created_job(m, digest, origin, now)
             rows.append(row)
             audits.append(audit)
             # A name declared twice in one batch: the second one sees the first.
-            existing[m.name] = (digest, origin.source, origin.path)
-            results[index] = ObjectResult("Job", m.name, Outcome.CREATED)
+            existing[name] = (digest, origin.source, origin.path)
+            results[index] = ObjectResult("Job", name, Outcome.CREATED)
+            if len(rows) >= _JOB_BATCH:
+                flush()
         elif state == (digest, origin.source, origin.path):
-            results[index] = ObjectResult("Job", m.name, Outcome.UNCHANGED)
+            results[index] = ObjectResult("Job", name, Outcome.UNCHANGED)
         else:
             flush()  # keep the audit rows in the order the objects were applied
             results[index] = _apply_job(session, m, origin, now, config, digest)
-            existing[m.name] = (digest, origin.source, origin.path)
-        if len(rows) >= _JOB_BATCH:
-            flush()
+            existing[name] = (digest, origin.source, origin.path)
     flush()
     return results
+
+
+_JOB_STATES = sa.select(
+    jobs_t.c.name, jobs_t.c.spec_hash, jobs_t.c.source, jobs_t.c.source_path
+).where(jobs_t.c.name.in_(sa.bindparam("names", expanding=True)))
+_JOB_STATES_LOCKED = _JOB_STATES.with_for_update()
 
 
 def _job_states(session: Session, names: Sequence[str]) -> dict[str, tuple[str, str, str | None]]:
     """(spec hash, source, source path) of the named jobs that exist (locked on PostgreSQL)."""
     out: dict[str, tuple[str, str, str | None]] = {}
-    postgres = session.connection().dialect.name == "postgresql"
+    connection = session.connection()
+    # One statement built once: its compiled form is cached, only the names vary.
+    statement = _JOB_STATES_LOCKED if connection.dialect.name == "postgresql" else _JOB_STATES
     unique = sorted(set(names))
     for start in range(0, len(unique), _JOB_BATCH):
-        statement = sa.select(
-            jobs_t.c.name, jobs_t.c.spec_hash, jobs_t.c.source, jobs_t.c.source_path
-        ).where(jobs_t.c.name.in_(unique[start:start + _JOB_BATCH]))
-        if postgres:
-            statement = statement.with_for_update()
-        for r in session.execute(statement):
+        for r in connection.execute(statement, {"names": unique[start:start + _JOB_BATCH]}):
             out[r.name] = (r.spec_hash, r.source, r.source_path)
     return out
 

@@ -103,11 +103,17 @@ def save_manifest_file(
     """Insert (`exists=False`) or update one file's status row."""
     values = {"content_hash": content_hash, "status": status, "errors": errors,
               "objects": objects, "applied_at": applied_at, "updated_at": now}
-    t = manifest_files_t
     if exists:
-        session.execute(sa.update(t).where(t.c.path == path).values(**values))
+        session.execute(_UPDATE_FILE, {"file_path": path, **values})
     else:
-        session.execute(sa.insert(t).values(path=path, **values))
+        session.execute(_INSERT_FILE, {"path": path, **values})
+
+
+# Built once (a sync saves a row per file): the values come as parameters.
+_INSERT_FILE = sa.insert(manifest_files_t)
+_UPDATE_FILE = sa.update(manifest_files_t).where(
+    manifest_files_t.c.path == sa.bindparam("file_path")
+)
 
 
 def delete_manifest_file(session: Session, path: str) -> None:
@@ -115,18 +121,29 @@ def delete_manifest_file(session: Session, path: str) -> None:
     session.execute(sa.delete(manifest_files_t).where(manifest_files_t.c.path == path))
 
 
+def _take_ownership_statement(table: sa.Table) -> sa.Update:
+    return (
+        sa.update(table)
+        .where(
+            table.c.name.in_(sa.bindparam("names", expanding=True)),
+            table.c.source == "file",
+            table.c.source_path != sa.bindparam("path"),
+        )
+        .values(source_path=sa.bindparam("path"))
+        .returning(table.c.name)
+    )
+
+
+# Built once: their compiled forms are cached, only the names and the path vary.
+_TAKE_OWNERSHIP = {kind: _take_ownership_statement(object_table(kind)) for kind in OBJECT_KINDS}
+
+
 def take_ownership(session: Session, kind: str, names: Sequence[str], path: str) -> list[str]:
     """Move objects owned by other files to `path`; the names moved."""
-    table = object_table(kind)
+    statement = _TAKE_OWNERSHIP[kind]
     moved: list[str] = []
     for chunk in _chunks(names):
-        statement = (
-            sa.update(table)
-            .where(table.c.name.in_(chunk), table.c.source == "file", table.c.source_path != path)
-            .values(source_path=path)
-            .returning(table.c.name)
-        )
-        moved.extend(session.execute(statement).scalars())
+        moved.extend(session.execute(statement, {"names": list(chunk), "path": path}).scalars())
     return moved
 
 
