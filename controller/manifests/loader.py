@@ -7,6 +7,7 @@ and alias bombs are refused instead of silently accepted or expanded.
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -516,17 +517,21 @@ def _quick_value(node: Node, depth: int) -> Any:
 class _DeferredLines:
     """The line maps of a cleanly loaded text, worked out by the careful load when first read."""
 
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, item_lists: bool = False) -> None:
         self._text = text
         self._path = path
+        self._item_lists = item_lists
         self._maps: list[LineMap] | None = None
 
     def lines(self, index: int) -> LineMap:
         """The line map of the text's document number `index`."""
         maps = self._maps
         if maps is None:
-            maps = [d.lines for d in _load_careful(self._text, self._path, False).documents]
+            loaded = _load_careful(self._text, self._path, self._item_lists)
+            maps = [d.lines for d in loaded.documents]
             self._maps = maps
+        if index >= len(maps):  # the careful load read the text otherwise: nothing finer known
+            return LineMap({(): 1})
         return maps[index]
 
 
@@ -556,6 +561,66 @@ def _load_quick(text: str, path: str) -> tuple[Document, ...] | None:
     return tuple(documents)
 
 
+class _NotPlainJson(Exception):
+    """The JSON text holds something the YAML reading of it would judge differently."""
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _NotPlainJson  # a duplicate key: the careful load words it
+    return out
+
+
+def _json_float(literal: str) -> float:
+    if "." not in literal:
+        raise _NotPlainJson  # `1e5` is a string to YAML 1.1, a number to JSON
+    return float(literal)
+
+
+def _json_constant(_: str) -> Any:
+    raise _NotPlainJson  # NaN, Infinity: not JSON, and not numbers to YAML
+
+
+def _shallow(value: Any, depth: int = 0) -> bool:
+    """True when no value is nested deeper than the careful load allows."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(_shallow(v, depth + 1) for v in value.values() if isinstance(v, dict | list))
+    if isinstance(value, list):
+        return all(_shallow(v, depth + 1) for v in value if isinstance(v, dict | list))
+    return True
+
+
+def _load_json_line(text: str, path: str) -> tuple[Document, ...] | None:
+    """The objects of a one-line JSON item list (what API clients send), else None.
+
+    Read with the C JSON parser; every object is on line 1, and the detailed line map
+    (for an error that needs one) comes from the careful load when first read. Anything
+    the YAML reading would judge otherwise (duplicate keys, `1e5`, NaN, deep nesting,
+    an item that is not a mapping) is left to the careful load.
+    """
+    body = text.strip()
+    if body[:1] not in ("{", "[") or "\n" in body or "\r" in body or "\\ud" in body.lower():
+        return None  # not one line of JSON; or surrogate escapes, which YAML reads its own way
+    try:
+        data = json.loads(body, object_pairs_hook=_json_pairs, parse_float=_json_float,
+                          parse_constant=_json_constant)
+    except (_NotPlainJson, ValueError, RecursionError):
+        return None
+    if isinstance(data, dict) and set(data) == {"items"}:
+        data = data["items"]
+    items = data if isinstance(data, list) else [data]
+    if not all(isinstance(item, dict) for item in items) or not _shallow(data):
+        return None
+    deferred = _DeferredLines(text, path, item_lists=True)
+    return tuple(
+        Document(path, index, 1, item, LineMap.deferred(partial(deferred.lines, index)))
+        for index, item in enumerate(items)
+    )
+
+
 def load_text(text: str | bytes, path: str, *, item_lists: bool = False) -> LoadResult:
     """Load every document of one manifest text (`item_lists`: JSON lists, `{"items": []}`)."""
     # `item_lists` serves `POST /apply`, whose JSON bodies are a list or {"items": [...]}.
@@ -571,10 +636,9 @@ def load_text(text: str | bytes, path: str, *, item_lists: bool = False) -> Load
         nul = text.index("\0")
         message = f"binary data (NUL character at offset {nul}); a manifest must be text"
         return LoadResult(problems=(Problem(path, _offset_line(text, nul), "", message),))
-    if not item_lists:
-        quick = _load_quick(text, path)
-        if quick is not None:
-            return LoadResult(quick)
+    quick = _load_json_line(text, path) if item_lists else _load_quick(text, path)
+    if quick is not None:
+        return LoadResult(quick)
     return _load_careful(text, path, item_lists)
 
 
