@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlmodel import Session
 
@@ -22,10 +23,10 @@ from controller.domain.policy import (
     decide_liveness,
     retry_or_fail,
 )
-from controller.domain.queue import FreeNode, Placement, merge_classes, requirements
+from controller.domain.queue import FreeNode, Placement, Requirements, merge_classes, requirements
 from controller.domain.states import JobStatus, NodeStatus, Priority, Reason
 from controller.manifests.schema import placeholders
-from controller.store import queries
+from controller.store import passes, queries
 from controller.store.audit import write_audit
 from controller.store.engine import Store
 from controller.store.tokens import delete_expired_tokens
@@ -56,8 +57,7 @@ class PassResult:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Binding:
+class Binding(NamedTuple):
     """A job bound to a node by the scheduler."""
 
     job: str
@@ -101,6 +101,36 @@ def _count_outcomes(transitions: list[JobTransition], result: PassResult) -> Non
         (result.requeued if t.to_status is JobStatus.PENDING else result.failed).append(t.name)
 
 
+@dataclass
+class _Rules:
+    """What a pending job needs of a node, from its scenario; per-scenario facts computed once."""
+
+    scenarios: dict[str, queries.ScenarioInfo]
+    undefaulted: dict[str, set[str]] = field(default_factory=dict)
+    """Per scenario: its placeholders that have no default."""
+    required: dict[str, Requirements | None] = field(default_factory=dict)
+    """Per scenario: the labels a job without nodeSelector needs."""
+
+    def needs(self, job: queries.PendingJob) -> tuple[Requirements | None, tuple[Reason, str] | None]:
+        """The labels the job needs (None: contradictory), or why it cannot run at all."""
+        scenario = self.scenarios.get(job.scenario_name)
+        if scenario is None:
+            return None, (Reason.SCENARIO_NOT_FOUND, f"scenario {job.scenario_name!r} does not exist")
+        unset = self.undefaulted.get(scenario.name)
+        if unset is None:
+            unset = placeholders(scenario.command) - set(scenario.defaults)
+            self.undefaulted[scenario.name] = unset
+        missing = unset - job.parameters.keys() if unset else unset
+        if missing:
+            return None, (Reason.INVALID_PARAMETERS,
+                          "no value for placeholder(s) " + ", ".join(sorted(missing)))
+        if job.node_selector:
+            return requirements(job.node_selector, scenario.requires), None
+        if scenario.name not in self.required:
+            self.required[scenario.name] = requirements({}, scenario.requires)
+        return self.required[scenario.name], None
+
+
 def schedule(
     session: Session, now: datetime, config: ControllerConfig, only_node: int | None = None
 ) -> list[Binding]:
@@ -113,25 +143,25 @@ def schedule(
         return []
     # The pass skips nodes whose heartbeat holds them (that heartbeat fills them itself);
     # then it saw part of the farm only, and must not conclude that no node matches a job.
-    nodes = queries.schedulable_nodes(session, only=only_node, lock=True, skip_locked=only_node is None)
+    nodes = passes.schedulable_nodes(session, only=only_node, lock=True, skip_locked=only_node is None)
     if not nodes:
         return []
     whole = only_node is None and (
         session.connection().dialect.name != "postgresql"
         or len(nodes) == queries.count_schedulable_nodes(session)
     )
-    counts = queries.active_counts(session, [n.id for n in nodes] if only_node is not None else None)
+    counts = passes.active_counts(session, [n.id for n in nodes] if only_node is not None else None)
     placement = Placement.of(
         FreeNode(n.name, max(n.slots - counts.get(n.id, 0), 0), n.labels) for n in nodes
     )
     if placement.remaining == 0:
         return []
     node_ids = {n.name: n.id for n in nodes}
-    scenarios = queries.scenarios_by_name(session)
+    rules = _Rules(queries.scenarios_by_name(session))
     # The heartbeat path fills one node: lock (SKIP LOCKED) a few candidates at a time, not
     # a batch of hundreds that the other replicas would then have to skip over.
     batch = max(4 * placement.remaining, 16) if only_node is not None else 500
-    runs = {p: queries.pending_run(session, p, batch=batch, lock=True) for p in Priority}
+    runs = {p: passes.eligible_run(session, p, now, batch=batch, lock=True) for p in Priority}
     bindings: list[Binding] = []
     transitions: list[JobTransition] = []
     reasons: list[tuple[int, str | None, str | None]] = []
@@ -148,18 +178,10 @@ def schedule(
     for job in merge_classes(runs, now, config.queue):
         if placement.remaining == 0:
             break
-        if job.suspend or (job.not_before is not None and job.not_before > now):
+        needs, refusal = rules.needs(job)
+        if refusal is not None:
+            waiting(job, *refusal)
             continue
-        scenario = scenarios.get(job.scenario_name)
-        if scenario is None:
-            waiting(job, Reason.SCENARIO_NOT_FOUND, f"scenario {job.scenario_name!r} does not exist")
-            continue
-        missing = placeholders(scenario.command) - set(scenario.defaults) - set(job.parameters)
-        if missing:
-            waiting(job, Reason.INVALID_PARAMETERS,
-                    "no value for placeholder(s) " + ", ".join(sorted(missing)))
-            continue
-        needs = requirements(job.node_selector, scenario.requires)
         if needs is None or not placement.any_match(needs):
             waiting(job, Reason.NO_MATCHING_NODE, "no ready node matches nodeSelector and requires")
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from controller.config import FaultToleranceConfig
 from controller.domain.states import JobStatus, Reason
@@ -26,9 +27,8 @@ def retry_delay(retry_count: int, config: FaultToleranceConfig) -> float:
     return min(delay, config.max_retry_delay_seconds)
 
 
-@dataclass(frozen=True, slots=True)
-class RetryOutcome:
-    """What happens to an attempt that ended without success."""
+class RetryOutcome(NamedTuple):
+    """What happens to an attempt that ended without success (a value, one per lost attempt)."""
 
     status: JobStatus
     reason: Reason

@@ -61,11 +61,14 @@ def merge_classes(
     runs: Mapping[Priority, Iterable[T]], now: datetime, config: QueueConfig
 ) -> Iterator[T]:
     """Merge per-class runs (each in `createdAt, name` order) into the queue order."""
+    # (key, run, position, job): never two equal prefixes, so jobs are never compared and
+    # the tuples merge as they are, without a key function called per comparison.
     keyed = [
-        ((queue_key(job.priority, job.created_at, job.name, now, config), job) for job in run)
-        for run in runs.values()
+        ((queue_key(job.priority, job.created_at, job.name, now, config), r, i, job)
+         for i, job in enumerate(run))
+        for r, run in enumerate(runs.values())
     ]
-    for _, job in heapq.merge(*keyed, key=lambda pair: pair[0]):
+    for _, _, _, job in heapq.merge(*keyed):
         yield job
 
 

@@ -109,6 +109,15 @@ def test_merging_per_class_runs_equals_sorting_everything(
     assert list(merge_classes(runs, now, config)) == sort_queue(jobs, now, config)
 
 
+def test_merging_never_compares_jobs_even_with_equal_keys() -> None:
+    # Jobs are not orderable; two with the same key keep the order of their runs.
+    twin = Queued("same", Priority.MEDIUM, at(0))
+    other = Queued("same", Priority.MEDIUM, at(0))
+    runs = {Priority.MEDIUM: [twin, other], Priority.LOW: [Queued("low", Priority.LOW, at(0))]}
+    merged = list(merge_classes(runs, at(10), Q))
+    assert merged[0] is twin and merged[1] is other and merged[2].name == "low"
+
+
 # --- placement ---------------------------------------------------------------------------------
 
 

@@ -1,0 +1,152 @@
+"""Reads of the reconcile pass's hot steps, shaped for thousands of rows per pass.
+
+Everything here runs inside the caller's session (and so its transaction). The
+scheduler asks only for what it can bind: ineligible pending jobs (suspended, or
+waiting out a retry delay) are filtered by the database, not read and skipped,
+and JSON columns come back as text on SQLite and are decoded here, where the
+common empty object costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Sequence
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from controller.domain.states import JobStatus, NodeStatus, Priority
+from controller.store.queries import IS_ACTIVE, PendingJob
+from controller.store.transitions import jobs_t, nodes_t
+
+_EMPTY_OBJECT = "{}"
+
+
+def json_value(value: Any) -> Any:
+    """A JSON column read as text (SQLite) or already decoded by the driver (PostgreSQL)."""
+    if type(value) is not str:
+        return value
+    if value == _EMPTY_OBJECT:
+        return {}
+    return json.loads(value)
+
+
+def _raw_json(column: sa.Column[Any]) -> Any:
+    # No result processor: the driver's value, decoded by `json_value`.
+    return sa.type_coerce(column, sa.Text).label(column.name)
+
+
+_ELIGIBLE_COLUMNS = (
+    jobs_t.c.id,
+    jobs_t.c.name,
+    jobs_t.c.created_at,
+    jobs_t.c.attempt,
+    jobs_t.c.scenario_name,
+    _raw_json(jobs_t.c.parameters),
+    _raw_json(jobs_t.c.node_selector),
+    jobs_t.c.reason,
+)
+
+
+def eligible_run(
+    session: Session, priority: Priority, now: datetime, batch: int = 500, lock: bool = False
+) -> Generator[PendingJob]:
+    """Pending jobs of one class that may start at `now`, in `createdAt, name` order.
+
+    Eligible: not suspended and past any `notBefore`. Read lazily in keyset batches
+    along the queue index; with `lock`, the rows are locked (SKIP LOCKED) on PostgreSQL.
+    """
+    after: tuple[datetime, str] | None = None
+    postgres = session.connection().dialect.name == "postgresql"
+    pending = str(JobStatus.PENDING)
+    while True:
+        statement = (
+            sa.select(*_ELIGIBLE_COLUMNS)
+            # A literal, as in the partial queue index's WHERE clause (see queries.IS_PENDING).
+            .where(sa.text(f"jobs.status = '{pending}'"), jobs_t.c.priority == priority.rank)
+            .where(jobs_t.c.suspend.is_(False),
+                   sa.or_(jobs_t.c.not_before.is_(None), jobs_t.c.not_before <= now))
+            .order_by(jobs_t.c.created_at, jobs_t.c.name)
+            .limit(batch)
+        )
+        if after is not None:
+            statement = statement.where(
+                sa.tuple_(jobs_t.c.created_at, jobs_t.c.name) > sa.tuple_(*after)
+            )
+        if lock and postgres:
+            statement = statement.with_for_update(skip_locked=True)
+        rows = session.execute(statement).all()
+        for r in rows:
+            yield PendingJob(
+                name=r.name,
+                priority=priority,
+                created_at=r.created_at,
+                id=r.id,
+                attempt=r.attempt,
+                scenario_name=r.scenario_name,
+                parameters=json_value(r.parameters),
+                node_selector=json_value(r.node_selector),
+                reason=r.reason,
+            )
+        if len(rows) < batch:
+            return
+        after = (rows[-1].created_at, rows[-1].name)
+
+
+class SchedulableNode(NamedTuple):
+    """A ready, schedulable node as placement sees it (labels: declared over reported)."""
+
+    id: int
+    name: str
+    slots: int
+    labels: dict[str, Any]
+
+
+def schedulable_nodes(
+    session: Session, only: int | None = None, lock: bool = False, skip_locked: bool = False
+) -> list[SchedulableNode]:
+    """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked.
+
+    What `queries.schedulable_nodes` reads, without what placement does not use. Every
+    binding to a node happens under that node's row lock, after counting its active
+    jobs, so two schedulers (the pass of the leader, the heartbeat path of any replica)
+    never overbook a node. With `skip_locked`, nodes another transaction holds (a
+    heartbeat filling its own node) are left out instead of waited for.
+    """
+    statement = (
+        sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.slots,
+                  _raw_json(nodes_t.c.labels), _raw_json(nodes_t.c.reported_labels))
+        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False))
+        .order_by(nodes_t.c.id)
+    )
+    if only is not None:
+        statement = statement.where(nodes_t.c.id == only)
+    if lock and session.connection().dialect.name == "postgresql":
+        statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked)
+    nodes = []
+    for node_id, name, slots, declared, reported in session.execute(statement):
+        labels = json_value(reported) or {}
+        declared_labels = json_value(declared)
+        if declared_labels:
+            labels = {**labels, **declared_labels}
+        nodes.append(SchedulableNode(node_id, name, slots, labels))
+    return nodes
+
+
+def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> dict[int, int]:
+    """Assigned plus running jobs per node id (of the given nodes, or of every node).
+
+    The statuses are literals: with bound parameters SQLite cannot tell that few jobs
+    are active, and counts by scanning all of `idx_jobs_node_status` (every job ever
+    bound to a node: 1M entries, 0.1 to 0.3 s) instead of looking up the active ones.
+    """
+    statement = (
+        sa.select(jobs_t.c.node_id, sa.func.count())
+        .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None))
+        .group_by(jobs_t.c.node_id)
+    )
+    if node_ids is not None:
+        statement = statement.where(jobs_t.c.node_id.in_(list(node_ids)))
+    return {node_id: count for node_id, count in session.execute(statement)}
