@@ -381,6 +381,18 @@ class Farm:
         the node is marked dead (Released), so nothing is bound to a worker that left.
         """
         at = self._now(now)
+        try:
+            return self._heartbeat(name, slots, labels, running, client_id, at, draining)
+        except sa.exc.IntegrityError:
+            # Two first beats of one node at once (two replicas, or a retried request): the
+            # other registered it first and this insert lost. The node exists now: beat again.
+            log.info("[FaultTolerance] Node %s was registered concurrently; beating again", name)
+            return self._heartbeat(name, slots, labels, running, client_id, at, draining)
+
+    def _heartbeat(
+        self, name: str, slots: int | None, labels: Mapping[str, str] | None,
+        running: Sequence[tuple[str, int]] | None, client_id: str | None, at: datetime, draining: bool,
+    ) -> HeartbeatReply:
         registered = revived = False
         with self.store.write() as session:
             row = queries.node_by_name(session, name, lock=True)

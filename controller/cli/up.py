@@ -32,6 +32,11 @@ from controller.client import ApiError, Client
 
 LISTENING = re.compile(r"Listening on (https?://\S+?:\d+)")
 TERMINAL = ("completed", "failed", "cancelled")
+POLL_SECONDS = 0.5
+"""How often the live view reads the farm (four requests each time)."""
+DEMO_RATE_LIMIT_PER_MINUTE = 6000
+"""`auth.rateLimitPerMinute` of the demo's controller (the default is 100)."""
+
 # A pending job that no node of this farm can take: it would wait forever here.
 UNRUNNABLE = ("NoMatchingNode",)
 
@@ -115,7 +120,10 @@ def _start(
         ],
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        env=base_env,
+        # The live view polls four routes twice a second with the session's admin token:
+        # more than the default 100 requests a minute per client (which would refuse it
+        # with 429 in under a minute). The demo's controller is local and its tokens too.
+        env={**base_env, "FFRTMP_AUTH__RATE_LIMIT_PER_MINUTE": str(DEMO_RATE_LIMIT_PER_MINUTE)},
     )
     farm = LocalFarm(controller)
     deadline = time.monotonic() + 60
@@ -270,7 +278,7 @@ def up(
                     outcome = 3
                     console.print(f"gave up after {timeout:g} s with jobs still running")
                     break
-                time.sleep(0.25)
+                time.sleep(POLL_SECONDS)
         if exit_when_done and outcome == 0:
             outcome = _summary(console, jobs)
     finally:

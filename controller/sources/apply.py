@@ -383,6 +383,16 @@ def _apply_job(
             conflict=True,
             field=f"spec.{frozen[0]}",
         )
+    if "max_retries" in changes:
+        lowered = m.spec.max_retries if m.spec.max_retries is not None else config.fault_tolerance.max_retries
+        if lowered < row.retry_count:
+            # retryCount <= maxRetries holds for every job: the retries already spent stay spent.
+            return ObjectResult(
+                "Job", m.name, Outcome.ERROR,
+                f"spec.maxRetries {lowered} is below the retries this job has already used "
+                f"(retryCount {row.retry_count})",
+                conflict=True, field="spec.maxRetries",
+            )
     adopted = row.source != origin.source
     session.execute(
         sa.update(jobs_t).where(jobs_t.c.id == row.id).values(

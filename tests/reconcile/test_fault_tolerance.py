@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.testing import Cluster
+from controller.testing import Cluster, ManifestError
 
 SCENARIO = """
 apiVersion: ffrtmp.io/v1
@@ -380,3 +381,19 @@ def test_the_seed_log_lines(caplog: pytest.LogCaptureFixture) -> None:
     assert f"[FaultTolerance] Detected dead node: w1 ({node_id})" in lines
     assert "[FaultTolerance] Reassigned job a (retry 1/1)" in lines
     assert "[FaultTolerance] Failed job a: max retries exceeded" in lines
+
+
+def test_max_retries_cannot_drop_below_the_retries_already_used() -> None:
+    with cluster() as c:
+        c.apply(SCENARIO + job("a", maxRetries=3))
+        running_on_w1(c, "a")
+        c.tick(61)
+        c.reconcile()  # w1 died: a is back in the queue, one retry used
+        assert c.job("a").retry_count == 1
+        with pytest.raises(ManifestError, match=re.escape(
+                "Job/a: spec.maxRetries 0 is below the retries this job has already used (retryCount 1)")):
+            c.apply(SCENARIO + job("a", maxRetries=0))
+        assert c.job("a").max_retries == 3
+        (lowered,) = c.apply(SCENARIO + job("a", maxRetries=1))[1:]
+        assert lowered.result.value == "configured"
+        assert (c.job("a").max_retries, c.job("a").retry_count) == (1, 1)

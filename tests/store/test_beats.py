@@ -147,3 +147,30 @@ def test_a_failing_batch_answers_false_and_the_thread_goes_on(store: Store) -> N
     batcher.clock = clock
     assert settle(batcher, "n1") is True
     writer.close()
+
+
+def test_two_first_beats_of_one_node_at_once_both_succeed(db_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from controller.config import DatabaseConfig
+
+    stores = [Store.from_config(DatabaseConfig(url=db_url)) for _ in range(2)]
+    farms = [Farm(s, ControllerConfig(), clock=Clock()) for s in stores]  # two replicas
+    try:
+        for i in range(15):
+            barrier = Barrier(2)
+
+            def beat(farm: Farm, name: str = f"new-{i}", barrier: Barrier = barrier) -> bool:
+                barrier.wait(5)
+                return farm.heartbeat(name, 2, {}, []).registered
+
+            with ThreadPoolExecutor(2) as pool:
+                registered = list(pool.map(beat, farms))
+            assert sorted(registered) == [False, True]  # one registered it, the other beat it
+        with stores[0].read() as session:
+            count = session.execute(sa.select(sa.func.count()).select_from(nodes_t)).scalar_one()
+        assert count == 15
+    finally:
+        for store in stores:
+            store.dispose()
