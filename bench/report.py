@@ -106,7 +106,8 @@ def rows(data: dict[str, Any]) -> list[Row]:
                     + r["checks"]["failed"] + r["checks"]["nodes_declared_dead"]
                     + (r["checks"]["jobs"] - r["checks"]["completed_once"])
                     for r in runs if "checks" in r)
-        wrong += sum(r.get("nodes_declared_dead", 0) + r.get("errors", 0) for r in rep["heartbeats"]["2"])
+        wrong += sum(r.get("nodes_declared_dead", 0) + r.get("errors", 0)
+                     for key in ("1", "2") for r in rep["heartbeats"][key])
         out += [
             ("9", "heartbeats, two replicas vs one on PostgreSQL (x one)", "x", rep["heartbeats_ratio"], 1.0, "min"),
             ("9", "dispatch, two replicas vs one on PostgreSQL (x one)", "x", rep["dispatch_ratio"], 1.0, "min"),

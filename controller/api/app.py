@@ -54,6 +54,7 @@ def create_app(
     config = farm.config
     metrics = metrics if metrics is not None else Metrics()
     auth = auth if auth is not None else AuthManager(farm.store, config.auth, metrics)
+    auth.writer = farm.writer  # token `last_used_at` writes join the requests' transactions
     ctx = ApiContext(
         farm=farm, auth=auth, metrics=metrics,
         notifier=notifier if notifier is not None else WorkNotifier(),

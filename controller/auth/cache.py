@@ -1,6 +1,6 @@
 """`TokenCache`: recent successful token lookups, so most requests skip the database.
 
-An entry lives `TOKEN_CACHE_TTL` (5 s) from its lookup. A revocation made by this
+An entry lives `TOKEN_CACHE_TTL` (30 s) from its lookup. A revocation made by this
 process drops its entries at once (`AuthManager.revoke`); one made elsewhere (the
 `ffrtmp token revoke` command, another replica) takes effect here within the TTL.
 Expiry is not cached: the caller checks the entry's `expires_at` on every request.
@@ -15,10 +15,15 @@ from datetime import datetime, timedelta
 
 from controller.store.tokens import StoredToken
 
-TOKEN_CACHE_TTL = timedelta(seconds=5)
-"""How long a successful lookup is trusted; bounds how late a remote revocation is seen."""
-TOKEN_CACHE_SIZE = 1024
-"""At most this many tokens are cached; the least recently used one goes first."""
+TOKEN_CACHE_TTL = timedelta(seconds=30)
+"""How long a successful lookup is trusted; bounds how late a remote revocation is seen.
+
+Longer than a worker's heartbeat interval (10 s by default), so that most beats of a
+worker find its token here: with 5 s, every beat of every worker read the database.
+"""
+TOKEN_CACHE_SIZE = 16_384
+"""At most this many tokens are cached (one per worker, plus people and pipelines; a
+few MiB at most); the least recently used one goes first."""
 
 
 @dataclass(frozen=True, slots=True)

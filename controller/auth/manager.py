@@ -38,6 +38,7 @@ from controller.observability.metrics import Metrics
 from controller.store import tokens as token_store
 from controller.store.audit import write_audit
 from controller.store.engine import Store
+from controller.store.group import GroupCommit
 from controller.store.tokens import TokenInfo
 
 log = logging.getLogger("controller.auth")
@@ -66,6 +67,9 @@ class AuthManager:
         self.rate_limiter = TokenBucketLimiter(config.rate_limit_per_minute)
         self.failed_auth_limiter = FailedAuthLimiter(config.failed_auth_per_minute)
         self.token_cache = TokenCache()
+        self.writer: GroupCommit | None = None
+        """Where `last_used_at` writes go without waiting (the API's group-commit writer);
+        None: each is written in a transaction of its own, before the request goes on."""
 
     @property
     def enabled(self) -> bool:
@@ -223,8 +227,16 @@ class AuthManager:
         last = stored.last_used_at
         if last is None or now - last >= token_store.LAST_USED_RESOLUTION:
             # Only here do we write: at most once a minute per token (see touch_token).
-            with self.db.write() as session:
-                token_store.touch_token(session, stored.id, now)
+            # Through the writer it joins other requests' transaction, and the request
+            # does not wait for it: when a token was last used is a record, not a guard.
+            token_id = stored.id
+            queued = self.writer.submit(
+                lambda session: token_store.touch_token(session, token_id, now),
+                key=("token", token_id), savepoint=False,
+            ) if self.writer is not None else None
+            if queued is None:
+                with self.db.write() as session:
+                    token_store.touch_token(session, token_id, now)
             self.token_cache.touched(digest, now)
         return Principal(
             client_id=stored.client_id, role=Role(stored.role), node=stored.node, token_id=stored.id

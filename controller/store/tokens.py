@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from controller.store.models import AuthToken
+from controller.store.prepared import Prepared
 
 _tokens: sa.Table = AuthToken.__table__  # type: ignore[attr-defined]
 
@@ -90,12 +91,15 @@ def insert_token(
 
 def find_token_by_hash(session: Session, token_hash: str) -> StoredToken | None:
     """The token whose SHA-256 is `token_hash` (unique index), revoked or expired included."""
-    row = session.execute(
-        sa.select(*_INFO_COLUMNS, _tokens.c.token_hash).where(_tokens.c.token_hash == token_hash)
-    ).one_or_none()
+    row = _BY_HASH.first(session.connection(), token_hash=token_hash)
     if row is None:
         return None
     return StoredToken(*row)
+
+
+# Every request whose token is not in the cache reads it: prepared once.
+_BY_HASH = Prepared(lambda _: sa.select(*_INFO_COLUMNS, _tokens.c.token_hash)
+                    .where(_tokens.c.token_hash == sa.bindparam("token_hash")))
 
 
 def get_token(session: Session, token_id: str) -> TokenInfo | None:
@@ -128,16 +132,15 @@ def touch_token(session: Session, token_id: str, now: datetime) -> bool:
     The condition lives in the WHERE clause, so concurrent requests of one token
     write the row at most once per resolution. Returns whether the row was written.
     """
-    cutoff = now - LAST_USED_RESOLUTION
-    result = session.execute(
-        sa.update(_tokens)
-        .where(
-            _tokens.c.id == token_id,
-            sa.or_(_tokens.c.last_used_at.is_(None), _tokens.c.last_used_at <= cutoff),
-        )
-        .values(last_used_at=now)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return _TOUCH.execute(session.connection(), token_id=token_id, now=now,
+                          cutoff=now - LAST_USED_RESOLUTION) > 0
+
+
+_TOUCH = Prepared(lambda _: sa.update(_tokens).where(
+    _tokens.c.id == sa.bindparam("token_id"),
+    sa.or_(_tokens.c.last_used_at.is_(None),
+           _tokens.c.last_used_at <= sa.bindparam("cutoff", type_=_tokens.c.last_used_at.type)),
+).values(last_used_at=sa.bindparam("now", type_=_tokens.c.last_used_at.type)))
 
 
 def delete_expired_tokens(session: Session, now: datetime) -> int:

@@ -470,3 +470,19 @@ def test_the_in_memory_check_still_refuses_a_blocked_address(auth: AuthManager) 
             auth.authenticate("ffr_bad", remote_address="10.0.0.9", now=T0)
     with pytest.raises(TooManyFailedAuthentications):
         auth.authenticate_cached(issued.token, remote_address="10.0.0.9", now=T0 + timedelta(seconds=1))
+
+
+def test_last_used_goes_through_the_writer_when_there_is_one(auth: AuthManager, store: Store) -> None:
+    from controller.store.group import GroupCommit
+
+    writer = GroupCommit(store)
+    auth.writer = writer
+    token = auth.generate_token("ci", now=T0)
+    assert auth.validate_token(token, now=T0 + timedelta(seconds=1)) == "ci"
+    writer.close()  # the queued write is done once the writer has finished its queue
+    (info,) = auth.list_tokens()
+    assert info.last_used_at == T0 + timedelta(seconds=1)
+    # A closed writer refuses work: the write is then made at once, in its own transaction.
+    assert auth.validate_token(token, now=T0 + timedelta(seconds=90)) == "ci"
+    (info,) = auth.list_tokens()
+    assert info.last_used_at == T0 + timedelta(seconds=90)
