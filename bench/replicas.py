@@ -77,11 +77,16 @@ async def _beat_load(urls: list[str], tokens: dict[str, str], concurrency: int,
     try:
         # Register every node, then beat each once more: the first ones were silent while
         # the others registered (and may rightly have been declared dead meanwhile).
-        for _ in range(2):
-            for i, node in enumerate(names):
+        gate = asyncio.Semaphore(concurrency)
+
+        async def register(i: int, node: str) -> None:
+            async with gate:
                 answer = await pools[i % len(pools)].post(f"/nodes/{node}/heartbeat", body, tokens[node])
-                if answer.status != 200:
-                    raise LoadError(f"registration: HTTP {answer.status}")
+            if answer.status != 200:
+                raise LoadError(f"registration: HTTP {answer.status}")
+
+        for _ in range(2):
+            await asyncio.gather(*(register(i, node) for i, node in enumerate(names)))
         await asyncio.sleep(1.0)  # a pass sees every node fresh
         before_load = _dead_count(db_url)
         latencies: list[float] = []

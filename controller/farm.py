@@ -109,6 +109,7 @@ class HeartbeatReply:
     heartbeat_interval_seconds: float
     registered: bool = False
     revived: bool = False
+    released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,20 +382,75 @@ class Farm:
         the node is marked dead (Released), so nothing is bound to a worker that left.
         """
         at = self._now(now)
+        work = self._heartbeat_work(name, slots, labels, running, client_id, at, draining)
         try:
-            return self._heartbeat(name, slots, labels, running, client_id, at, draining)
+            with self.store.write() as session:
+                reply = work(session)
         except sa.exc.IntegrityError:
             # Two first beats of one node at once (two replicas, or a retried request): the
             # other registered it first and this insert lost. The node exists now: beat again.
             log.info("[FaultTolerance] Node %s was registered concurrently; beating again", name)
-            return self._heartbeat(name, slots, labels, running, client_id, at, draining)
+            with self.store.write() as session:
+                reply = work(session)
+        return self._beaten(reply)
 
-    def _heartbeat(
+    def heartbeat_batched(
+        self,
+        name: str,
+        slots: int | None = None,
+        labels: Mapping[str, str] | None = None,
+        running: Sequence[tuple[str, int]] | None = None,
+        client_id: str | None = None,
+        draining: bool = False,
+    ) -> Future[HeartbeatReply] | None:
+        """`heartbeat`, written with other requests' writes (`controller.store.group`).
+
+        The future holds what `heartbeat` returns or raises, once the write has committed.
+        None when the writer is closed (shutting down): call `heartbeat` instead.
+        """
+        work = self._heartbeat_work(name, slots, labels, running, client_id, self._now(None), draining)
+        done: Future[HeartbeatReply] = Future()
+
+        def submit(retry: bool) -> bool:
+            written = self.writer.submit(work, key=("node", name))
+            if written is None:
+                return False
+
+            def finish(future: Future[HeartbeatReply]) -> None:
+                error = future.exception()
+                if isinstance(error, sa.exc.IntegrityError) and not retry:
+                    log.info("[FaultTolerance] Node %s was registered concurrently; beating again", name)
+                    if submit(retry=True):
+                        return
+                try:
+                    done.set_result(self._beaten(future.result()))
+                except Exception as exc:
+                    done.set_exception(exc)
+
+            written.add_done_callback(finish)
+            return True
+
+        return done if submit(retry=False) else None
+
+    def _beaten(self, reply: HeartbeatReply) -> HeartbeatReply:
+        """After the beat's transaction committed: wake whoever the beat concerns."""
+        # New capacity, or jobs handed back: the pass may place work. Work handed out:
+        # the queue moved, so the next idle worker may find some too (its long-poll is
+        # woken); the pass has nothing to do for it.
+        if reply.registered or reply.revived or reply.released:
+            self._changed()
+        elif reply.assignments:
+            self._handed_out()
+        return reply
+
+    def _heartbeat_work(
         self, name: str, slots: int | None, labels: Mapping[str, str] | None,
         running: Sequence[tuple[str, int]] | None, client_id: str | None, at: datetime, draining: bool,
-    ) -> HeartbeatReply:
-        registered = revived = False
-        with self.store.write() as session:
+    ) -> Callable[[Session], HeartbeatReply]:
+        """The heartbeat's writes, for one transaction; what follows the commit is `_beaten`."""
+
+        def work(session: Session) -> HeartbeatReply:
+            registered = revived = False
             row = queries.node_by_name(session, name, lock=True)
             if row is None:
                 if not self.config.nodes.auto_register:
@@ -422,15 +478,10 @@ class Farm:
             else:
                 bound = [] if row.unschedulable else schedule(session, at, self.config, only_node=row.id)
                 assignments = [] if idle and not bound else self._assignments(session, row.id, held)
-        # New capacity, or jobs handed back: the pass may place work. Work handed out:
-        # the queue moved, so the next idle worker may find some too (its long-poll is
-        # woken); the pass has nothing to do for it.
-        if registered or revived or released:
-            self._changed()
-        elif assignments:
-            self._handed_out()
-        return HeartbeatReply(assignments, cancel, self.config.nodes.heartbeat_interval_seconds,
-                              registered, revived)
+            return HeartbeatReply(assignments, cancel, self.config.nodes.heartbeat_interval_seconds,
+                                  registered, revived, released)
+
+        return work
 
     def _register(
         self, session: Session, name: str, slots: int | None, labels: Mapping[str, str] | None,

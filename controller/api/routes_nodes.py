@@ -142,10 +142,15 @@ async def answer_heartbeat(
 
     async def beat() -> HeartbeatReply:
         # An idle worker's beat is recorded with others in one transaction when nothing
-        # else is due; anything else (or a beat the batch could not settle) runs in full.
+        # else is due; anything else (or a beat the batch could not settle) runs in full,
+        # also written with other requests' writes (alone when the writer is closed).
         if idle and await asyncio.wrap_future(ctx.farm.beats.submit(name, body.slots, body.labels)):
             return HeartbeatReply([], [], interval)
-        return await run_in_threadpool(full)
+        written = ctx.farm.heartbeat_batched(name, body.slots, body.labels, running,
+                                             client_id=principal.client_id, draining=draining)
+        if written is None:
+            return await run_in_threadpool(full)
+        return await asyncio.wrap_future(written)
 
     wait = 0.0 if draining else min(wait_seconds, interval)
     if wait <= 0 or ctx.stopping():

@@ -174,3 +174,21 @@ def test_two_first_beats_of_one_node_at_once_both_succeed(db_url: str) -> None:
     finally:
         for store in stores:
             store.dispose()
+
+
+def test_two_first_beats_through_two_writers_both_succeed(db_url: str) -> None:
+    from controller.config import DatabaseConfig
+
+    stores = [Store.from_config(DatabaseConfig(url=db_url)) for _ in range(2)]
+    farms = [Farm(s, ControllerConfig(), clock=Clock()) for s in stores]  # two replicas
+    try:
+        for i in range(15):
+            futures = [farm.heartbeat_batched(f"fresh-{i}", 2, {}, []) for farm in farms]
+            replies = [f.result(timeout=10) for f in futures if f is not None]
+            assert len(replies) == 2
+            assert sorted(r.registered for r in replies) == [False, True]
+    finally:
+        for farm in farms:
+            farm.close()
+        for store in stores:
+            store.dispose()
