@@ -19,7 +19,7 @@ from controller.farm import Farm
 from controller.loop import ReconcileLoop
 from controller.reconcile import PassResult, Reconciler
 from controller.sources.apply import ObjectResult
-from controller.store import queries, views
+from controller.store import passes, views
 from controller.store.engine import Store
 
 
@@ -100,11 +100,10 @@ class PriorityQueueManager:
         """The job the scheduler would bind next (eligible, in queue order), or None."""
         at = now or self.clock()
         with self.db.read() as session:
-            runs = {p: queries.pending_run(session, p, batch=100) for p in Priority}
+            # The scheduler's own read: pending jobs that may start at `at`, class by class.
+            runs = {p: passes.eligible_run(session, p, at, batch=100) for p in Priority}
             try:
                 for job in merge_classes(runs, at, self.config.queue):
-                    if job.suspend or (job.not_before is not None and job.not_before > at):
-                        continue
                     return views.get_job(session, job.name, self.config, with_attempts=False)
             finally:
                 for run in runs.values():

@@ -109,11 +109,11 @@ def schedulable_nodes(
 ) -> list[SchedulableNode]:
     """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked.
 
-    What `queries.schedulable_nodes` reads, without what placement does not use. Every
-    binding to a node happens under that node's row lock, after counting its active
-    jobs, so two schedulers (the pass of the leader, the heartbeat path of any replica)
-    never overbook a node. With `skip_locked`, nodes another transaction holds (a
-    heartbeat filling its own node) are left out instead of waited for.
+    Only the columns placement uses. Every binding to a node happens under that node's
+    row lock, after counting its active jobs, so two schedulers (the pass of the leader,
+    the heartbeat path of any replica) never overbook a node. With `skip_locked`, nodes
+    another transaction holds (a heartbeat filling its own node) are left out instead
+    of waited for.
     """
     statement = (
         sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.slots,

@@ -6,7 +6,7 @@ Status changes are not made here: they go through `controller.store.transitions`
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from controller.domain.queue import Queued
-from controller.domain.states import JobStatus, NodeStatus, Priority
+from controller.domain.states import JobStatus, NodeStatus
 from controller.store.models import Scenario
 from controller.store.prepared import Prepared
 from controller.store.transitions import attempts_t, jobs_t, nodes_t
@@ -69,18 +69,6 @@ class ScenarioInfo:
     defaults: dict[str, Any]
     requires: dict[str, str]
     expected_duration_seconds: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeState:
-    """A node with its labels as scheduling matches them (declared over reported)."""
-
-    id: int
-    name: str
-    status: NodeStatus
-    slots: int
-    unschedulable: bool
-    labels: dict[str, str]
 
 
 def _active_columns() -> list[Any]:
@@ -206,42 +194,6 @@ def scenarios_by_name(session: Session, names: Sequence[str] | None = None) -> d
     }
 
 
-def _node_state(row: Any) -> NodeState:
-    labels = dict(row.reported_labels or {})
-    labels.update(row.labels or {})
-    return NodeState(
-        id=row.id,
-        name=row.name,
-        status=NodeStatus(row.status),
-        slots=row.slots,
-        unschedulable=row.unschedulable,
-        labels=labels,
-    )
-
-
-def schedulable_nodes(
-    session: Session, only: int | None = None, lock: bool = False, skip_locked: bool = False
-) -> list[NodeState]:
-    """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked.
-
-    Every binding to a node happens under that node's row lock, after counting its
-    active jobs, so two schedulers (the pass of the leader, the heartbeat path of any
-    replica) never overbook a node. With `skip_locked`, nodes another transaction holds
-    (a heartbeat filling its own node) are left out instead of waited for.
-    """
-    statement = (
-        sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.status, nodes_t.c.slots,
-                  nodes_t.c.unschedulable, nodes_t.c.labels, nodes_t.c.reported_labels)
-        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False))
-        .order_by(nodes_t.c.id)
-    )
-    if only is not None:
-        statement = statement.where(nodes_t.c.id == only)
-    if lock and session.connection().dialect.name == "postgresql":
-        statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked)
-    return [_node_state(r) for r in session.execute(statement)]
-
-
 def count_schedulable_nodes(session: Session) -> int:
     """How many nodes are ready and schedulable."""
     return int(session.execute(
@@ -260,60 +212,6 @@ def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> di
     if node_ids is not None:
         statement = statement.where(jobs_t.c.node_id.in_(list(node_ids)))
     return {row[0]: row[1] for row in session.execute(statement)}
-
-
-_PENDING_COLUMNS = (
-    jobs_t.c.id,
-    jobs_t.c.name,
-    jobs_t.c.priority,
-    jobs_t.c.created_at,
-    jobs_t.c.attempt,
-    jobs_t.c.scenario_name,
-    jobs_t.c.parameters,
-    jobs_t.c.node_selector,
-    jobs_t.c.not_before,
-    jobs_t.c.suspend,
-    jobs_t.c.reason,
-)
-
-
-def pending_run(
-    session: Session, priority: Priority, batch: int = 500, lock: bool = False
-) -> Generator[PendingJob]:
-    """Pending jobs of one class in `createdAt, name` order, read lazily in keyset batches."""
-    after: tuple[datetime, str] | None = None
-    postgres = session.connection().dialect.name == "postgresql"
-    while True:
-        statement = (
-            sa.select(*_PENDING_COLUMNS)
-            .where(IS_PENDING, jobs_t.c.priority == priority.rank)
-            .order_by(jobs_t.c.created_at, jobs_t.c.name)
-            .limit(batch)
-        )
-        if after is not None:
-            statement = statement.where(
-                sa.tuple_(jobs_t.c.created_at, jobs_t.c.name) > sa.tuple_(*after)
-            )
-        if lock and postgres:
-            statement = statement.with_for_update(skip_locked=True)
-        rows = session.execute(statement).all()
-        for r in rows:
-            yield PendingJob(
-                name=r.name,
-                priority=priority,
-                created_at=r.created_at,
-                id=r.id,
-                attempt=r.attempt,
-                scenario_name=r.scenario_name,
-                parameters=r.parameters,
-                node_selector=r.node_selector,
-                not_before=r.not_before,
-                suspend=r.suspend,
-                reason=r.reason,
-            )
-        if len(rows) < batch:
-            return
-        after = (rows[-1].created_at, rows[-1].name)
 
 
 def set_job_reasons(

@@ -13,7 +13,7 @@ from controller.farm import Farm
 from controller.manifests.validate import validate_texts
 from controller.reconcile import Reconciler
 from controller.sources.apply import Origin
-from controller.store import queries, views
+from controller.store import passes, views
 from controller.store.engine import Store
 from controller.store.models import AuditLog, Job
 from controller.store.transitions import ConcurrentChange, JobTransition, apply_job_transitions
@@ -108,8 +108,8 @@ def test_pass_schedules_fails_over_and_audits_on_both_engines(store: Store) -> N
 def test_pending_queue_scan_reads_in_batches(store: Store) -> None:
     farm = seeded(store)
     with store.read() as session:
-        names = [j.name for j in queries.pending_run(session, Priority.LIVE, batch=1)]
-        everything = [j.name for p in Priority for j in queries.pending_run(session, p, batch=1)]
+        names = [j.name for j in passes.eligible_run(session, Priority.LIVE, at(0), batch=1)]
+        everything = [j.name for p in Priority for j in passes.eligible_run(session, p, at(0), batch=1)]
     assert names == ["j1"]
     assert everything == ["j1", "j3", "j2", "j0"]
     farm.heartbeat("w1", slots=10, now=at(0))
