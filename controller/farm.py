@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -44,6 +44,9 @@ from controller.store.transitions import (
 )
 
 log = logging.getLogger("controller.farm")
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class FarmError(Exception):
@@ -229,15 +232,11 @@ class Farm:
             assert view is not None  # created in this very transaction
             return view
 
-        written = self.writer.submit(unit, key=("job", job_name))
-        if written is None:
-            return None
-        def created(future: Future[views.JobView]) -> None:
-            if future.exception() is None:
-                self._changed()
+        return self._write_batched(unit, ("job", job_name), self._submitted)
 
-        written.add_done_callback(created)
-        return written
+    def _submitted(self, view: views.JobView) -> views.JobView:
+        self._changed()
+        return view
 
     def _submit_work(
         self, scenario: str, priority: Priority | str, parameters: Mapping[str, Any] | None,
@@ -381,18 +380,8 @@ class Farm:
         to it and not held goes back to pending (Released), and once it holds nothing
         the node is marked dead (Released), so nothing is bound to a worker that left.
         """
-        at = self._now(now)
-        work = self._heartbeat_work(name, slots, labels, running, client_id, at, draining)
-        try:
-            with self.store.write() as session:
-                reply = work(session)
-        except sa.exc.IntegrityError:
-            # Two first beats of one node at once (two replicas, or a retried request): the
-            # other registered it first and this insert lost. The node exists now: beat again.
-            log.info("[FaultTolerance] Node %s was registered concurrently; beating again", name)
-            with self.store.write() as session:
-                reply = work(session)
-        return self._beaten(reply)
+        work = self._heartbeat_work(name, slots, labels, running, client_id, self._now(now), draining)
+        return self._write(work, self._beaten, again_on_conflict=name)
 
     def heartbeat_batched(
         self,
@@ -409,28 +398,7 @@ class Farm:
         None when the writer is closed (shutting down): call `heartbeat` instead.
         """
         work = self._heartbeat_work(name, slots, labels, running, client_id, self._now(None), draining)
-        done: Future[HeartbeatReply] = Future()
-
-        def submit(retry: bool) -> bool:
-            written = self.writer.submit(work, key=("node", name))
-            if written is None:
-                return False
-
-            def finish(future: Future[HeartbeatReply]) -> None:
-                error = future.exception()
-                if isinstance(error, sa.exc.IntegrityError) and not retry:
-                    log.info("[FaultTolerance] Node %s was registered concurrently; beating again", name)
-                    if submit(retry=True):
-                        return
-                try:
-                    done.set_result(self._beaten(future.result()))
-                except Exception as exc:
-                    done.set_exception(exc)
-
-            written.add_done_callback(finish)
-            return True
-
-        return done if submit(retry=False) else None
+        return self._write_batched(work, ("node", name), self._beaten, again_on_conflict=name)
 
     def _beaten(self, reply: HeartbeatReply) -> HeartbeatReply:
         """After the beat's transaction committed: wake whoever the beat concerns."""
@@ -609,9 +577,7 @@ class Farm:
         """
         work = self._report_work(job, attempt, state, exit_code, message, log_tail, result, reason,
                                  node, client_id, now, node_bound)
-        with self.store.write() as session:
-            applied = work(session)
-        return self._reported(applied)
+        return self._write(work, self._reported)
 
     def report_batched(
         self,
@@ -635,19 +601,7 @@ class Farm:
         """
         work = self._report_work(job, attempt, state, exit_code, message, log_tail, result, reason,
                                  node, client_id, None, node_bound)
-        written = self.writer.submit(work, key=("job", job))
-        if written is None:
-            return None
-        done: Future[ReportResult] = Future()
-
-        def finish(future: Future[_Reported]) -> None:
-            try:
-                done.set_result(self._reported(future.result()))
-            except Exception as exc:
-                done.set_exception(exc)
-
-        written.add_done_callback(finish)
-        return done
+        return self._write_batched(work, ("job", job), self._reported)
 
     def _report_work(
         self, job: str, attempt: int, state: str, exit_code: int | None, message: str | None,
@@ -792,6 +746,55 @@ class Farm:
             and history.reason in (str(Reason.EXIT_CODE), str(Reason.DEADLINE_EXCEEDED)))
         )
 
+    # --- writing ------------------------------------------------------------------------------
+
+    def _write(
+        self, work: Callable[[Session], T], after: Callable[[T], R], again_on_conflict: str | None = None,
+    ) -> R:
+        """`work` in a transaction of its own, then `after` once it has committed.
+
+        With `again_on_conflict` (a node's name), a unique-key conflict (that node's first
+        beat lost a registration race to another replica) runs the work once more.
+        """
+        try:
+            with self.store.write() as session:
+                done = work(session)
+        except sa.exc.IntegrityError:
+            if again_on_conflict is None:
+                raise
+            _registered_concurrently(again_on_conflict)
+            with self.store.write() as session:
+                done = work(session)
+        return after(done)
+
+    def _write_batched(
+        self, work: Callable[[Session], T], key: tuple[str, ...], after: Callable[[T], R],
+        again_on_conflict: str | None = None,
+    ) -> Future[R] | None:
+        """`_write` through the group-commit writer; None when it is closed (shutting down)."""
+        answer: Future[R] = Future()
+
+        def submit(again: bool) -> bool:
+            written = self.writer.submit(work, key=key)
+            if written is None:
+                return False
+
+            def finish(future: Future[T]) -> None:
+                if again and again_on_conflict is not None \
+                        and isinstance(future.exception(), sa.exc.IntegrityError):
+                    _registered_concurrently(again_on_conflict)
+                    if submit(again=False):
+                        return
+                try:
+                    answer.set_result(after(future.result()))
+                except Exception as exc:
+                    answer.set_exception(exc)
+
+            written.add_done_callback(finish)
+            return True
+
+        return answer if submit(again=again_on_conflict is not None) else None
+
     # --- lookups --------------------------------------------------------------------------------
 
     def _job(self, session: Session, name: str) -> Any:
@@ -811,6 +814,12 @@ class Farm:
 _STARTED_BEFORE = Prepared(lambda _: sa.select(sa.exists().where(
     attempts_t.c.job_id == sa.bindparam("job_id"), attempts_t.c.attempt != sa.bindparam("attempt"),
     attempts_t.c.started_at.is_not(None))))
+def _registered_concurrently(node: str) -> None:
+    # Two first beats of one node at once (two replicas, or a retried request): the other
+    # registered it first and this insert lost. The node exists now: the beat runs again.
+    log.info("[FaultTolerance] Node %s was registered concurrently; beating again", node)
+
+
 _SCENARIO_EXPECTED = Prepared(lambda _: sa.select(scenarios_t.c.expected_duration_seconds)
                               .where(scenarios_t.c.name == sa.bindparam("name")))
 _NODE_NAME = Prepared(lambda _: sa.select(nodes_t.c.name).where(nodes_t.c.id == sa.bindparam("id")))
