@@ -153,6 +153,8 @@ def run(url: str, jobs: int, nodes: int, pending: int) -> dict[str, Any]:
     seed_seconds = time.perf_counter() - began
     with store.write() as session:  # fresh statistics for the planner
         session.execute(sa.text("ANALYZE"))
+    # As the controller process runs it: WAL checkpoints in a thread, not inside commits.
+    store.start_checkpoints(config.database.sqlite_checkpoint_seconds)
     reconciler = Reconciler(store, ControllerConfig(), started_at=NOW - timedelta(hours=1))
 
     steady, _ = timed(reconciler, NOW, repeat=7)

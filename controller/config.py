@@ -41,6 +41,13 @@ class DatabaseConfig(_Section):
     process (every committed transaction is kept) but may lose the last commits on
     power loss; `full` syncs every commit to disk."""
     sqlite_busy_timeout_seconds: float = Field(default=30.0, ge=0)
+    sqlite_cache_mib: int = Field(default=64, ge=0)
+    """SQLite page cache per connection, in MiB (`PRAGMA cache_size`); filled only as
+    pages are read. 0 keeps SQLite's default (2 MiB)."""
+    sqlite_checkpoint_seconds: float = Field(default=1.0, ge=0)
+    """The controller copies the WAL into the database file from a thread of its own
+    this often, instead of inside the commit that crosses 1,000 pages. 0: SQLite's
+    automatic checkpoint at commit."""
 
 
 class FaultToleranceConfig(_Section):

@@ -261,6 +261,7 @@ class ControllerService:
         before the first pass, and the source starts with the leadership.
         """
         migrate.upgrade(self.store)
+        self.store.start_checkpoints(self.config.database.sqlite_checkpoint_seconds)
         now = self.clock()
         with self.store.write() as session:
             write_audit(session, "controller.started", "controller", "controller",

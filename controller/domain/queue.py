@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TypeVar
 
 from controller.config import QueueConfig
@@ -63,13 +63,42 @@ def merge_classes(
     """Merge per-class runs (each in `createdAt, name` order) into the queue order."""
     # (key, run, position, job): never two equal prefixes, so jobs are never compared and
     # the tuples merge as they are, without a key function called per comparison.
-    keyed = [
-        ((queue_key(job.priority, job.created_at, job.name, now, config), r, i, job)
-         for i, job in enumerate(run))
-        for r, run in enumerate(runs.values())
-    ]
+    keyed = [_keyed(run, r, now, config) for r, run in enumerate(runs.values())]
     for _, _, _, job in heapq.merge(*keyed):
         yield job
+
+
+# Jobs closer than this to an aging boundary get their effective priority computed, not reused.
+_BOUNDARY_MARGIN = timedelta(milliseconds=1)
+
+
+def _keyed(
+    run: Iterable[T], r: int, now: datetime, config: QueueConfig
+) -> Iterator[tuple[QueueKey, int, int, T]]:
+    """A run's jobs with their queue keys, as `merge_classes` merges them.
+
+    Along a run of one class `createdAt` grows, so the effective priority can only
+    fall. It is computed by `effective_priority` for the first job and again past
+    the point where it may have changed (a millisecond before the aging boundary,
+    so rounding never decides), and reused in between: thousands of jobs of a class
+    share a handful of values.
+    """
+    interval = config.aging_interval_seconds
+    priority: Priority | None = None
+    effective = 0
+    settled_until = now  # jobs created at or before this keep `effective`; later ones may not
+    forever = False  # the class's lowest value (its weight), or no aging: it holds for the rest
+    for i, job in enumerate(run):
+        created = job.created_at
+        if job.priority is not priority or not (forever or created <= settled_until):
+            priority = job.priority
+            effective = effective_priority(priority, created, now, config)
+            aged = effective - priority.weight
+            forever = aged <= 0 or priority is Priority.LIVE or interval == 0
+            if not forever:
+                # Waited at least `aged` intervals exactly when created at or before this time.
+                settled_until = now - timedelta(seconds=aged * interval) - _BOUNDARY_MARGIN
+        yield (-effective, -priority.rank, created, job.name), r, i, job
 
 
 def sort_queue(jobs: Iterable[T], now: datetime, config: QueueConfig) -> list[T]:

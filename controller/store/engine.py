@@ -20,8 +20,11 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session
 
 from controller.config import DatabaseConfig
+from controller.store.checkpoint import WalCheckpointer
 
 _WRITE = "ffrtmp_write"
+_UNCHECKED = "ffrtmp_unchecked_references"
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 class StoreError(RuntimeError):
@@ -63,6 +66,7 @@ def _sqlite_engine(url: URL, config: DatabaseConfig) -> Engine:
     engine = sa.create_engine(url, **kwargs)
     synchronous = config.sqlite_synchronous.upper()
     busy_ms = int(config.sqlite_busy_timeout_seconds * 1000)
+    cache_kib = config.sqlite_cache_mib * 1024
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -74,14 +78,30 @@ def _sqlite_engine(url: URL, config: DatabaseConfig) -> Engine:
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
+        if cache_kib:
+            cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
+        if not memory:
+            # The WAL file shrinks back to this after a burst (its pages are reused below it).
+            cursor.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        if connection.get_execution_options().get(_WRITE):
+        options = connection.get_execution_options()
+        if options.get(_WRITE):
+            if options.get(_UNCHECKED):
+                # Outside a transaction or not at all: SQLite ignores the pragma inside one.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.connection.info[_UNCHECKED] = True
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        # Back in the pool after its transaction ended: checks on again for the next user.
+        if record is not None and record.info.pop(_UNCHECKED, False):
+            dbapi_connection.execute("PRAGMA foreign_keys=ON")
 
     return engine
 
@@ -92,6 +112,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._write_engine = engine.execution_options(**{_WRITE: True})
+        self._unchecked_engine = engine.execution_options(**{_WRITE: True, _UNCHECKED: True})
         # SQLite has one writer at a time. Threads of this process that find the write
         # lock taken would each sleep in SQLite's busy handler (back-off steps of 1, 2,
         # 5, 10, ... up to 100 ms, long after the lock is free); queued on this lock
@@ -100,6 +121,29 @@ class Store:
         self._write_lock: threading.RLock | None = (
             threading.RLock() if engine.dialect.name == "sqlite" else None
         )
+        self._checkpointer: WalCheckpointer | None = None
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", self._on_sqlite_connect)
+
+    def _on_sqlite_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        if self._checkpointer is not None:
+            dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
+
+    def start_checkpoints(self, interval: float) -> bool:
+        """Checkpoint the WAL from a thread every `interval` s, not inside commits (SQLite files).
+
+        See `controller.store.checkpoint`. Returns False where there is nothing to do
+        (PostgreSQL, an in-memory database, `interval` 0). Pooled connections are
+        closed so that every connection from now on leaves checkpoints to the thread.
+        """
+        path = self.engine.url.database
+        if self.dialect != "sqlite" or is_memory(self.engine.url) or interval <= 0 or path is None:
+            return False
+        if self._checkpointer is None:
+            self._checkpointer = WalCheckpointer(path, interval)
+            self.engine.dispose()
+            self._checkpointer.start()
+        return True
 
     @classmethod
     def from_config(cls, config: DatabaseConfig) -> Store:
@@ -112,14 +156,23 @@ class Store:
         return self.engine.dialect.name
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A write transaction: committed on success, rolled back on any exception."""
+    def write(self, check_references: bool = True) -> Iterator[Session]:
+        """A write transaction: committed on success, rolled back on any exception.
+
+        `check_references=False` skips SQLite's foreign-key checks for this transaction.
+        Only for a writer that takes every referenced id from rows it read in the same
+        transaction: SQLite has one writer at a time, so those rows cannot have gone.
+        The reconcile pass's scheduling is one: binding 10,000 jobs to nodes it has just
+        read, the check on `jobs.node_id` doubled the cost of the jobs' UPDATE (SQLite
+        checks it on every row whose `node_id` and `status` change together). PostgreSQL
+        always checks.
+        """
         if self._write_lock is None:
             with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
                 yield session
             return
-        with self._write_lock, Session(self._write_engine, expire_on_commit=False) as session, \
-                session.begin():
+        engine = self._write_engine if check_references else self._unchecked_engine
+        with self._write_lock, Session(engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
@@ -132,5 +185,8 @@ class Store:
                 session.rollback()
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Stop background checkpoints and close every pooled connection."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         self.engine.dispose()

@@ -242,13 +242,13 @@ class FencedStore(Store):
         self._idle_limit = idle_limit_seconds
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, check_references: bool = True) -> Iterator[Session]:
         """A write transaction that commits only while the lease is held with the leader's epoch."""
         fence = self._fence()
         if fence is None:
             raise NotLeader("this controller does not hold the leader lease")
         try:
-            with super().write() as session:
+            with super().write(check_references) as session:
                 if self._idle_limit is not None:
                     # No lock timeout: a pass waiting for rows is not stale, the final check decides.
                     bound_waits(session, self._idle_limit, locks=False)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Generator, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
 from controller.domain.states import JobStatus, NodeStatus, Priority
+from controller.store.prepared import Prepared
 from controller.store.queries import IS_ACTIVE, PendingJob
 from controller.store.transitions import jobs_t, nodes_t
 
@@ -50,6 +52,35 @@ _ELIGIBLE_COLUMNS = (
 )
 
 
+def _eligible_statement(dialect: str, after: bool, lock: bool, batch: int) -> sa.Select[Any]:
+    pending = str(JobStatus.PENDING)
+    now = sa.bindparam("now", type_=jobs_t.c.not_before.type)
+    statement = (
+        sa.select(*_ELIGIBLE_COLUMNS)
+        # A literal, as in the partial queue index's WHERE clause (see queries.IS_PENDING).
+        .where(sa.text(f"jobs.status = '{pending}'"), jobs_t.c.priority == sa.bindparam("rank"))
+        .where(jobs_t.c.suspend.is_(False),
+               sa.or_(jobs_t.c.not_before.is_(None), jobs_t.c.not_before <= now))
+        .order_by(jobs_t.c.created_at, jobs_t.c.name)
+        .limit(sa.literal_column(str(int(batch)))).offset(sa.literal_column("0"))
+    )
+    if after:
+        statement = statement.where(sa.tuple_(jobs_t.c.created_at, jobs_t.c.name) > sa.tuple_(
+            sa.bindparam("after_created", type_=jobs_t.c.created_at.type),
+            sa.bindparam("after_name", type_=jobs_t.c.name.type),
+        ))
+    if lock and dialect == "postgresql":
+        statement = statement.with_for_update(skip_locked=True)
+    return statement
+
+
+@lru_cache(maxsize=128)
+def _eligible(after: bool, lock: bool, batch: int) -> Prepared:
+    # The batch is a literal (SQLite compiles a bound LIMIT with an OFFSET): a few sizes
+    # in practice, the pass's and the heartbeat path's (a small multiple of a node's slots).
+    return Prepared(lambda dialect: _eligible_statement(dialect, after, lock, batch))
+
+
 def eligible_run(
     session: Session, priority: Priority, now: datetime, batch: int = 500, lock: bool = False
 ) -> Generator[PendingJob]:
@@ -58,41 +89,27 @@ def eligible_run(
     Eligible: not suspended and past any `notBefore`. Read lazily in keyset batches
     along the queue index; with `lock`, the rows are locked (SKIP LOCKED) on PostgreSQL.
     """
-    after: tuple[datetime, str] | None = None
-    postgres = session.connection().dialect.name == "postgresql"
-    pending = str(JobStatus.PENDING)
+    connection = session.connection()
+    rank = priority.rank
+    rows = _eligible(False, lock, batch).rows(connection, rank=rank, now=now)
     while True:
-        statement = (
-            sa.select(*_ELIGIBLE_COLUMNS)
-            # A literal, as in the partial queue index's WHERE clause (see queries.IS_PENDING).
-            .where(sa.text(f"jobs.status = '{pending}'"), jobs_t.c.priority == priority.rank)
-            .where(jobs_t.c.suspend.is_(False),
-                   sa.or_(jobs_t.c.not_before.is_(None), jobs_t.c.not_before <= now))
-            .order_by(jobs_t.c.created_at, jobs_t.c.name)
-            .limit(batch)
-        )
-        if after is not None:
-            statement = statement.where(
-                sa.tuple_(jobs_t.c.created_at, jobs_t.c.name) > sa.tuple_(*after)
-            )
-        if lock and postgres:
-            statement = statement.with_for_update(skip_locked=True)
-        rows = session.execute(statement).all()
-        for r in rows:
+        for job_id, name, created_at, attempt, scenario, parameters, selector, reason in rows:
             yield PendingJob(
-                name=r.name,
+                name=name,
                 priority=priority,
-                created_at=r.created_at,
-                id=r.id,
-                attempt=r.attempt,
-                scenario_name=r.scenario_name,
-                parameters=json_value(r.parameters),
-                node_selector=json_value(r.node_selector),
-                reason=r.reason,
+                created_at=created_at,
+                id=job_id,
+                attempt=attempt,
+                scenario_name=scenario,
+                parameters=json_value(parameters),
+                node_selector=json_value(selector),
+                reason=reason,
             )
         if len(rows) < batch:
             return
-        after = (rows[-1].created_at, rows[-1].name)
+        last = rows[-1]
+        rows = _eligible(True, lock, batch).rows(connection, rank=rank, now=now,
+                                                 after_created=last.created_at, after_name=last.name)
 
 
 class SchedulableNode(NamedTuple):
@@ -126,7 +143,7 @@ def schedulable_nodes(
     if lock and session.connection().dialect.name == "postgresql":
         statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked)
     nodes = []
-    for node_id, name, slots, declared, reported in session.execute(statement):
+    for node_id, name, slots, declared, reported in session.execute(statement).all():
         labels = json_value(reported) or {}
         declared_labels = json_value(declared)
         if declared_labels:
@@ -149,4 +166,4 @@ def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> di
     )
     if node_ids is not None:
         statement = statement.where(jobs_t.c.node_id.in_(list(node_ids)))
-    return {node_id: count for node_id, count in session.execute(statement)}
+    return dict(session.execute(statement).tuples().all())

@@ -109,6 +109,32 @@ def test_merging_per_class_runs_equals_sorting_everything(
     assert list(merge_classes(runs, now, config)) == sort_queue(jobs, now, config)
 
 
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(CLASSES), st.integers(min_value=0, max_value=12),
+                  st.integers(min_value=-2000, max_value=2000)),
+        min_size=0, max_size=60,
+    ),
+    st.sampled_from([1, 0.25, 300, 7.5]),
+)
+def test_merging_is_exact_at_aging_boundaries(
+    spec: list[tuple[Priority, int, int]], interval: float
+) -> None:
+    # Jobs within microseconds of a whole number of intervals before now: the merge
+    # reuses effective priorities between boundaries and must agree with each job's own.
+    config = QueueConfig(aging_interval_seconds=interval)
+    now = at(10_000)
+    jobs = [
+        Queued(f"j{i:03d}", p, now - timedelta(seconds=k * interval, microseconds=us))
+        for i, (p, k, us) in enumerate(spec)
+    ]
+    runs = {
+        p: sorted((j for j in jobs if j.priority is p), key=lambda j: (j.created_at, j.name))
+        for p in CLASSES
+    }
+    assert list(merge_classes(runs, now, config)) == sort_queue(jobs, now, config)
+
+
 def test_merging_never_compares_jobs_even_with_equal_keys() -> None:
     # Jobs are not orderable; two with the same key keep the order of their runs.
     twin = Queued("same", Priority.MEDIUM, at(0))
