@@ -132,6 +132,7 @@ class _Reported:
     outcome: ReportResult
     stale: str | None
     started: tuple[datetime, datetime] | None  # (createdAt, startedAt) of a first start
+    freed: str | None = None  # the node whose slot this report freed
 
 
 @dataclass
@@ -147,6 +148,8 @@ class Farm:
     on_handout: Callable[[], None] | None = None
     """Called when a heartbeat took work: more may wait for another idle worker. Without
     it, `on_change` is called instead."""
+    on_freed: Callable[[str], None] | None = None
+    """Called with a node's name when a report ended an attempt there (a slot is free)."""
     writer: GroupCommit = field(init=False)
     """Writes of many requests in shared transactions (the API's path; `controller.store.group`)."""
     beats: BeatBatcher = field(init=False)
@@ -642,7 +645,8 @@ class Farm:
                 )
                 final = transitions[-1].to_status if transitions else status
                 outcome = ReportResult(job, attempt, str(final), applied=bool(transitions))
-                return _Reported(outcome, None, (row.created_at, at) if first_start else None)
+                freed = node_name if transitions and final not in ACTIVE_JOB_STATUSES else None
+                return _Reported(outcome, None, (row.created_at, at) if first_start else None, freed)
             if self._duplicate(session, row, attempt, state):
                 return _Reported(ReportResult(job, attempt, row.status, applied=False), None, None)
             stale = (f"attempt {attempt} of job {job!r} is not current "
@@ -665,9 +669,13 @@ class Farm:
         if reported.started is not None and self.on_started is not None:
             self.on_started(outcome.job, *reported.started)
         # Only a job back in the queue (a retry) is new work for the pass or another worker.
-        # A finished job frees a slot of the reporting worker, which beats at once for more.
         if outcome.applied and outcome.status == str(JobStatus.PENDING):
             self._changed()
+        # A finished job frees a slot of the reporting worker. Its heartbeat may be waiting
+        # already, sent before this report landed and so still counting the job as held:
+        # it is woken to look again, now that the slot is free.
+        if reported.freed is not None and self.on_freed is not None:
+            self.on_freed(reported.freed)
         return outcome
 
     @staticmethod

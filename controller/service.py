@@ -178,7 +178,8 @@ class ControllerService:
             if self.store.dialect == "postgresql" else None
         )
         self.farm = Farm(self.store, config, on_change=self._on_change, clock=clock,
-                         on_started=self._on_started, on_handout=self._on_handout)
+                         on_started=self._on_started, on_handout=self._on_handout,
+                         on_freed=self._on_freed)
         self.started_at = clock()
         self.reconciler = Reconciler(
             self.leader_store, config, self.started_at,
@@ -203,6 +204,11 @@ class ControllerService:
         self.notifier.changed()
         if self.feed is not None:
             self.feed.changed()
+
+    def _on_freed(self, node: str) -> None:
+        self.notifier.nodes_bound((node,))
+        if self.feed is not None:
+            self.feed.bound((node,))
 
     def _on_started(self, job: str, created_at: datetime, started_at: datetime) -> None:
         self.metrics.submit_to_start.observe(max(0.0, (started_at - created_at).total_seconds()))

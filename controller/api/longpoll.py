@@ -10,7 +10,9 @@ not make a thousand idle workers run a heartbeat transaction each:
   itself a change and wakes the next waiter, and so on while work is left.
 - `nodes_bound(names)` (after a reconcile pass) wakes the waiters of the nodes the
   pass bound jobs to: work that the first waiter could not take (labels, selector)
-  still reaches the right node as soon as the pass places it.
+  still reaches the right node as soon as the pass places it. A report that ends an
+  attempt wakes its node's waiters the same way: a heartbeat sent before the report
+  landed still listed the job, and looks again now that the slot is free.
 - `close()` (shutdown) wakes everyone and makes new waits return at once.
 
 Both wake calls come from any thread (the Farm runs in the thread pool, the pass in
@@ -115,7 +117,7 @@ class WorkNotifier:
                     return
 
     def nodes_bound(self, nodes: Iterable[str]) -> None:
-        """The pass bound jobs to these nodes: wake their waiters."""
+        """The pass bound jobs to these nodes, or freed a slot there: wake their waiters."""
         with self._lock:
             for node in set(nodes):
                 for waiter in self._by_node.get(node, ()):

@@ -166,4 +166,4 @@ def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> di
     )
     if node_ids is not None:
         statement = statement.where(jobs_t.c.node_id.in_(list(node_ids)))
-    return dict(session.execute(statement).tuples().all())
+    return {node_id: count for node_id, count in session.execute(statement).all()}

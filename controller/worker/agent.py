@@ -347,6 +347,7 @@ class Worker:
             with self._lock:
                 self.unreported.discard(key)
             self.stats[report.state if accepted else "fenced"] += 1
+            self._wake.set()  # the slot is free on the controller's side too: beat for more
         return accepted
 
     # --- draining ------------------------------------------------------------------------------

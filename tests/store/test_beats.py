@@ -192,3 +192,23 @@ def test_two_first_beats_through_two_writers_both_succeed(db_url: str) -> None:
             farm.close()
         for store in stores:
             store.dispose()
+
+
+def test_a_report_that_ends_an_attempt_says_whose_slot_is_free(store: Store) -> None:
+    # A waiting heartbeat of that node is woken by it (controller.api.longpoll).
+    clock = Clock()
+    farm = farm_on(store, clock, SCENARIO + job("j1") + job("j2"))
+    freed: list[str] = []
+    farm.on_freed = freed.append
+    reply = farm.heartbeat("w1", 1, None, [])
+    assert [a.job for a in reply.assignments] == ["j1"]
+    farm.report("j1", 1, "running", node="w1")
+    assert freed == []
+    farm.report("j1", 1, "completed", exit_code=0, node="w1")
+    assert freed == ["w1"]
+    farm.report("j1", 1, "completed", exit_code=0, node="w1")  # a repeat changes nothing
+    assert freed == ["w1"]
+    reply = farm.heartbeat("w1", 1, None, [])
+    assert [a.job for a in reply.assignments] == ["j2"]
+    farm.report("j2", 1, "failed", exit_code=3, node="w1")  # back to pending for a retry
+    assert freed == ["w1", "w1"]
