@@ -10,6 +10,7 @@ the worker can use it without the database layer.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -95,6 +96,7 @@ class Node(TypedDict):
     running: int
     labels: dict[str, str]
     unschedulable: bool
+    draining: bool
     declared: bool
     lastHeartbeat: str | None
     statusChangedAt: str
@@ -189,19 +191,60 @@ ReportState = Literal["running", "completed", "failed", "released"]
 # --- the client --------------------------------------------------------------------------------
 
 
-def _error(response: httpx.Response) -> ApiError:
+def api_error(status: int, content: bytes, reason: str, retry_after: str | None) -> ApiError:
+    """The `ApiError` of an error answer: its status, body, reason phrase and Retry-After."""
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
         body = None
     detail = body.get("error") if isinstance(body, dict) else None
     if isinstance(detail, dict):
         code, message = str(detail.get("code", "Error")), str(detail.get("message", ""))
     else:
-        code, message = "Error", response.text[:200] or response.reason_phrase
-    retry = response.headers.get("retry-after")
-    return ApiError(response.status_code, code, message, body if isinstance(body, dict) else None,
-                    float(retry) if retry and retry.isdigit() else None)
+        code, message = "Error", content[:200].decode("utf-8", "replace") or reason
+    return ApiError(status, code, message, body if isinstance(body, dict) else None,
+                    float(retry_after) if retry_after and retry_after.isdigit() else None)
+
+
+def _error(response: httpx.Response) -> ApiError:
+    return api_error(response.status_code, response.content, response.reason_phrase,
+                     response.headers.get("retry-after"))
+
+
+def resolve(server: str | None, token: str | None) -> tuple[str, str | None]:
+    """The server URL and token to use: as given, else FFRTMP_SERVER/FFRTMP_TOKEN, else the default."""
+    url = (server or os.environ.get("FFRTMP_SERVER") or DEFAULT_SERVER).rstrip("/")
+    return url, token if token is not None else os.environ.get("FFRTMP_TOKEN")
+
+
+def heartbeat_request(
+    slots: int | None, labels: Mapping[str, str] | None, running: Sequence[tuple[str, int]] | None,
+    wait_seconds: float, draining: bool,
+) -> tuple[dict[str, Any], dict[str, Any], float | None]:
+    """A heartbeat's body, query and HTTP timeout (None: the client's own)."""
+    body: dict[str, Any] = {}
+    if slots is not None:
+        body["slots"] = slots
+    if labels is not None:
+        body["labels"] = dict(labels)
+    if running is not None:
+        body["running"] = [{"job": j, "attempt": a} for j, a in running]
+    params: dict[str, Any] = {"waitSeconds": wait_seconds} if wait_seconds > 0 else {}
+    if draining:
+        params["draining"] = "true"
+    timeout = wait_seconds + LONG_POLL_MARGIN if wait_seconds > 0 else None
+    return body, params, timeout
+
+
+def report_body(
+    state: ReportState, exit_code: int | None, message: str | None, log_tail: str | None,
+    result: Mapping[str, Any] | None, reason: str | None, node: str | None,
+) -> dict[str, Any]:
+    """A worker report's body (fields left out when unset)."""
+    fields = {"state": state, "exitCode": exit_code, "message": message, "logTail": log_tail,
+              "result": dict(result) if result is not None else None, "reason": reason,
+              "node": node}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 class Client:
@@ -216,8 +259,7 @@ class Client:
         verify: bool | str = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.server = (server or os.environ.get("FFRTMP_SERVER") or DEFAULT_SERVER).rstrip("/")
-        token = token if token is not None else os.environ.get("FFRTMP_TOKEN")
+        self.server, token = resolve(server, token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout,
                                   verify=verify, transport=transport)
@@ -362,17 +404,7 @@ class Client:
 
         `draining`: the worker takes no new work (see the route); holding nothing, it leaves.
         """
-        body: dict[str, Any] = {}
-        if slots is not None:
-            body["slots"] = slots
-        if labels is not None:
-            body["labels"] = dict(labels)
-        if running is not None:
-            body["running"] = [{"job": j, "attempt": a} for j, a in running]
-        params: dict[str, Any] = {"waitSeconds": wait_seconds} if wait_seconds > 0 else {}
-        if draining:
-            params["draining"] = "true"
-        timeout = wait_seconds + LONG_POLL_MARGIN if wait_seconds > 0 else None
+        body, params, timeout = heartbeat_request(slots, labels, running, wait_seconds, draining)
         return cast(HeartbeatReply, self._json("POST", f"/nodes/{node}/heartbeat", json=body,
                                                params=params, timeout=timeout))
 
@@ -382,10 +414,7 @@ class Client:
         result: Mapping[str, Any] | None = None, reason: str | None = None, node: str | None = None,
     ) -> ReportReply:
         """`POST /jobs/{job}/attempts/{attempt}`; a stale attempt raises ApiError 409."""
-        fields = {"state": state, "exitCode": exit_code, "message": message, "logTail": log_tail,
-                  "result": dict(result) if result is not None else None, "reason": reason,
-                  "node": node}
-        body = {k: v for k, v in fields.items() if v is not None}
+        body = report_body(state, exit_code, message, log_tail, result, reason, node)
         return cast(ReportReply, self._json("POST", f"/jobs/{job}/attempts/{attempt}", json=body))
 
     # --- queue, audit, tokens, probes ----------------------------------------------------------

@@ -428,7 +428,7 @@ class Farm:
                     raise NotFound(f"node {name!r} is not declared and nodes.autoRegister is off")
                 row = self._register(session, name, slots, labels, at, client_id)
                 registered = True
-            self._record_beat(session, row, slots, labels, at)
+            self._record_beat(session, row, slots, labels, at, draining)
             if row.status != str(NodeStatus.READY):
                 apply_node_transitions(
                     session,
@@ -472,9 +472,13 @@ class Farm:
 
     def _record_beat(
         self, session: Session, row: Any, slots: int | None, labels: Mapping[str, str] | None,
-        at: datetime,
+        at: datetime, draining: bool,
     ) -> None:
         values: dict[str, Any] = {"last_heartbeat": at}
+        if draining != row.draining:
+            # Stored, so that the pass binds nothing to a node whose worker is leaving (its
+            # running jobs may take the whole grace); a heartbeat without the flag clears it.
+            values["draining"] = draining
         if labels is not None and dict(labels) != row.reported_labels:
             values["reported_labels"] = dict(labels)
         # A declared node's slots are desired state; a self-registered one reports its own.

@@ -257,6 +257,7 @@ class NodeOut(ApiModel):
     running: int
     labels: dict[str, str]
     unschedulable: bool
+    draining: bool = Field(description="Its worker is stopping: nothing new is bound to it.")
     declared: bool
     last_heartbeat: datetime | None
     status_changed_at: datetime

@@ -330,6 +330,7 @@ def describe_node(name: str, server: ServerOption = None, token: TokenOption = N
         ("Slots", str(node["slots"])),
         ("Running", str(node["running"])),
         ("Schedulable", str(not node["unschedulable"]).lower()),
+        ("Draining", str(node.get("draining", False)).lower()),
         ("Last heartbeat", node.get("lastHeartbeat") or "-"),
         ("Labels", json.dumps(node["labels"])),
         ("Source", node.get("sourcePath") or node["source"]),

@@ -29,7 +29,7 @@ def _beat_statement() -> ClauseElement:
                sa.text(f"nodes.status = '{NodeStatus.READY}'"))
         .values(last_heartbeat=sa.bindparam("at", type_=nodes_t.c.last_heartbeat.type))
         .returning(nodes_t.c.id, nodes_t.c.slots, nodes_t.c.declared,
-                   nodes_t.c.reported_labels, nodes_t.c.unschedulable)
+                   nodes_t.c.reported_labels, nodes_t.c.unschedulable, nodes_t.c.draining)
     )
 
 
@@ -49,7 +49,7 @@ def idle_beat(
 ) -> bool:
     """Record the heartbeat of an idle worker when nothing else is due; True when it was.
 
-    "Nothing else" means: the node is known and ready, the beat changes neither its
+    "Nothing else" means: the node is known, ready and not marked draining, the beat changes neither its
     labels nor (for a self-registered node) its slots, no job is assigned to or running
     on it, and it can take no work now (no job is pending, or the node is cordoned).
     False leaves the caller to do the full heartbeat in the same transaction (the
@@ -59,6 +59,8 @@ def idle_beat(
     row = _BEAT.first(connection, name=name, at=at)
     if row is None:
         return False  # unknown (registers) or not ready (revives): the full path
+    if row.draining:
+        return False  # it drained before and beats normally again: the full path clears the flag
     if labels is not None and dict(labels) != row.reported_labels:
         return False
     if slots is not None and not row.declared and slots != row.slots:

@@ -111,6 +111,9 @@ class Node(SQLModel, table=True):
     unschedulable: bool = False
     declared: bool = False
     """True when a manifest or the API declares the node; False when it registered itself."""
+    draining: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    """Its worker said it is stopping (`?draining=true`): nothing is bound to it until a
+    heartbeat without the flag."""
     last_heartbeat: datetime | None = Field(default=None, sa_column=_time())
     status_changed_at: datetime = Field(sa_column=_time(nullable=False))
     source: str = Field(max_length=16)

@@ -124,7 +124,8 @@ class SchedulableNode(NamedTuple):
 def schedulable_nodes(
     session: Session, only: int | None = None, lock: bool = False, skip_locked: bool = False
 ) -> list[SchedulableNode]:
-    """Ready, schedulable nodes (or just `only`), locked FOR UPDATE on PostgreSQL when asked.
+    """Ready, schedulable (not cordoned, not draining) nodes (or just `only`), locked FOR UPDATE
+    on PostgreSQL when asked.
 
     Only the columns placement uses. Every binding to a node happens under that node's
     row lock, after counting its active jobs, so two schedulers (the pass of the leader,
@@ -135,7 +136,8 @@ def schedulable_nodes(
     statement = (
         sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.slots,
                   _raw_json(nodes_t.c.labels), _raw_json(nodes_t.c.reported_labels))
-        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False))
+        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False),
+               nodes_t.c.draining.is_(False))
         .order_by(nodes_t.c.id)
     )
     if only is not None:

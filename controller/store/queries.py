@@ -195,10 +195,11 @@ def scenarios_by_name(session: Session, names: Sequence[str] | None = None) -> d
 
 
 def count_schedulable_nodes(session: Session) -> int:
-    """How many nodes are ready and schedulable."""
+    """How many nodes are ready and schedulable (not cordoned, not draining)."""
     return int(session.execute(
         sa.select(sa.func.count()).select_from(nodes_t)
-        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False))
+        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False),
+               nodes_t.c.draining.is_(False))
     ).scalar_one())
 
 

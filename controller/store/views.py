@@ -102,6 +102,7 @@ class NodeView:
     running: int
     labels: dict[str, str]
     unschedulable: bool
+    draining: bool
     declared: bool
     last_heartbeat: datetime | None
     status_changed_at: datetime
@@ -240,6 +241,7 @@ def _node_view(row: Any, running: int) -> NodeView:
         running=running,
         labels=labels,
         unschedulable=row.unschedulable,
+        draining=row.draining,
         declared=row.declared,
         last_heartbeat=row.last_heartbeat,
         status_changed_at=row.status_changed_at,

@@ -31,6 +31,7 @@ from typing import Any
 
 from controller.client import ApiError, Client
 from controller.worker import runner
+from controller.worker.wire import WorkerClient
 
 log = logging.getLogger("controller.worker")
 
@@ -91,11 +92,11 @@ class Worker:
     def __init__(
         self,
         settings: WorkerSettings,
-        client: Client | None = None,
+        client: WorkerClient | Client | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
-        self.client = client or Client(settings.server, settings.token)
+        self.client = client or WorkerClient(settings.server, settings.token)
         self.clock = clock
         self.labels = {**detect_labels(), **settings.labels}
         self.interval = settings.heartbeat_interval_seconds
@@ -311,6 +312,20 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 report = outbox.get()
+                if report is not None and not report.final:
+                    try:
+                        following = outbox.get_nowait()
+                    except queue.Empty:
+                        pass
+                    else:
+                        # The job ended before its `running` report went out (a short job, a busy
+                        # machine). `completed` says it ran too (the controller records both steps):
+                        # one request instead of two. A failure keeps both, so that the attempt
+                        # shows it started (a failed start is reported without `running`).
+                        if following is not None and following.state != "completed" \
+                                and not self._deliver(report):
+                            return
+                        report = following
                 if report is None or not self._deliver(report) or report.final:
                     return
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -212,3 +213,29 @@ def test_a_report_that_ends_an_attempt_says_whose_slot_is_free(store: Store) -> 
     assert [a.job for a in reply.assignments] == ["j2"]
     farm.report("j2", 1, "failed", exit_code=3, node="w1")  # back to pending for a retry
     assert freed == ["w1", "w1"]
+
+
+def node_row(store: Store, name: str) -> Any:
+    with store.read() as session:
+        return session.execute(sa.select(nodes_t).where(nodes_t.c.name == name)).one()
+
+
+def test_a_draining_node_gets_nothing_from_a_pass_until_it_beats_normally(store: Store) -> None:
+    from controller.reconcile import Reconciler
+
+    clock = Clock()
+    farm = farm_on(store, clock, SCENARIO + job("j1"))
+    reply = farm.heartbeat("w1", 2, None, [])
+    assert [a.job for a in reply.assignments] == ["j1"]
+    farm.report("j1", 1, "running", node="w1")
+    # SIGTERM: the worker drains, still running j1 (one slot of two free).
+    farm.heartbeat("w1", 2, None, [("j1", 1)], draining=True)
+    assert node_row(store, "w1").draining is True
+    add(farm, job("j2"))
+    passes = Reconciler(store, ControllerConfig(), started_at=T0)
+    assert passes.reconcile(T0 + timedelta(seconds=1)).scheduled == []
+    # An idle-looking beat of the same node is not settled by the fast path: it clears the flag.
+    assert settle(farm.beats, "w1", slots=2) is False
+    reply = farm.heartbeat("w1", 2, None, [("j1", 1)])
+    assert node_row(store, "w1").draining is False
+    assert [a.job for a in reply.assignments] == ["j2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import time
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from controller.client import ApiError
-from controller.worker.agent import Worker, WorkerSettings
+from controller.worker.agent import Worker, WorkerSettings, _Report
 
 PY = sys.executable
 SLEEP = [PY, "-c", "import time; time.sleep(60)"]
@@ -162,3 +163,20 @@ def test_jobs_get_their_attempt_but_not_the_worker_token(
     assert out.read_text() == "envy 3 w1 -"
     worker.drain()
     thread.join(10)
+
+
+@pytest.mark.parametrize(("final", "sent"), [
+    ("completed", ["completed"]),            # implies it ran: one request
+    ("failed", ["running", "failed"]),       # keeps the start (a failed start has no `running`)
+])
+def test_a_running_report_still_queued_when_the_job_ended_is_folded_into_completed(
+    controller: FakeController, final: str, sent: list[str]
+) -> None:
+    worker = Worker(WorkerSettings(name="w1"), client=controller)  # type: ignore[arg-type]
+    worker.unreported.add(("j", 1))
+    outbox: queue.Queue[_Report | None] = queue.Queue()
+    outbox.put(_Report("j", 1, "running", final=False))
+    outbox.put(_Report("j", 1, final, exit_code=0 if final == "completed" else 2))
+    worker._report_loop(("j", 1), outbox)  # the reporter thread's loop, here in the test's thread
+    assert [state for _, _, state in controller.reports] == sent
+    assert worker.held() == []
