@@ -14,11 +14,10 @@ are in one place.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from datetime import datetime
 
 from controller.store import hotpath
-from controller.store.group import GroupCommit
+from controller.store.group import GroupCommit, Written
 
 
 class BeatBatcher:
@@ -30,23 +29,19 @@ class BeatBatcher:
 
     def submit(
         self, name: str, slots: int | None, labels: Mapping[str, str] | None
-    ) -> Future[bool]:
-        """Queue the beat of an idle worker; the future is True once it is recorded.
+    ) -> Written[bool]:
+        """Queue the beat of an idle worker; the outcome is True once it is recorded.
 
         False: nothing was settled for this beat; the caller runs the full heartbeat.
         """
         at = self.clock()
-        answer: Future[bool] = Future()
         written = self.writer.submit(
             lambda session: hotpath.idle_beat(session, name, at, slots, labels), key=("node", name),
             savepoint=False,  # it fails only when the database does
+            rescue=_not_settled,
         )
-        if written is None:
-            answer.set_result(False)
-            return answer
+        return written if written is not None else Written.of(False)
 
-        def settle(future: Future[bool]) -> None:
-            answer.set_result(future.exception() is None and future.result())
 
-        written.add_done_callback(settle)
-        return answer
+def _not_settled(_: Exception) -> bool:
+    return False

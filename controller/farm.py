@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,7 +28,7 @@ from controller.sources.apply import ObjectResult, Origin, Outcome, apply_object
 from controller.store import queries, views
 from controller.store.audit import write_audit
 from controller.store.engine import Store
-from controller.store.group import GroupCommit
+from controller.store.group import GroupCommit, Written
 from controller.store.prepared import Prepared
 from controller.store.queries import scenarios_t
 from controller.store.timeouts import expected_seconds
@@ -221,8 +220,8 @@ class Farm:
         spec: Mapping[str, Any] | None = None,
         labels: Mapping[str, str] | None = None,
         client_id: str | None = None,
-    ) -> Future[views.JobView] | None:
-        """`submit`, written with other requests' writes; the future holds the new job's view.
+    ) -> Written[views.JobView] | None:
+        """`submit`, written with other requests' writes; the outcome holds the new job's view.
 
         None when the writer is closed (shutting down): call `submit` instead.
         """
@@ -394,10 +393,10 @@ class Farm:
         running: Sequence[tuple[str, int]] | None = None,
         client_id: str | None = None,
         draining: bool = False,
-    ) -> Future[HeartbeatReply] | None:
+    ) -> Written[HeartbeatReply] | None:
         """`heartbeat`, written with other requests' writes (`controller.store.group`).
 
-        The future holds what `heartbeat` returns or raises, once the write has committed.
+        The outcome holds what `heartbeat` returns or raises, once the write has committed.
         None when the writer is closed (shutting down): call `heartbeat` instead.
         """
         work = self._heartbeat_work(name, slots, labels, running, client_id, self._now(None), draining)
@@ -600,10 +599,10 @@ class Farm:
         client_id: str | None = None,
         *,
         node_bound: bool = False,
-    ) -> Future[ReportResult] | None:
+    ) -> Written[ReportResult] | None:
         """`report`, written together with other requests' writes (`controller.store.group`).
 
-        The future holds what `report` returns or raises, once the write has committed.
+        The outcome holds what `report` returns or raises, once the write has committed.
         None when the writer is closed (shutting down): call `report` instead.
         """
         work = self._report_work(job, attempt, state, exit_code, message, log_tail, result, reason,
@@ -782,30 +781,15 @@ class Farm:
     def _write_batched(
         self, work: Callable[[Session], T], key: tuple[str, ...], after: Callable[[T], R],
         again_on_conflict: str | None = None,
-    ) -> Future[R] | None:
-        """`_write` through the group-commit writer; None when it is closed (shutting down)."""
-        answer: Future[R] = Future()
+    ) -> Written[R] | None:
+        """`_write` through the group-commit writer; None when it is closed (shutting down).
 
-        def submit(again: bool) -> bool:
-            written = self.writer.submit(work, key=key)
-            if written is None:
-                return False
-
-            def finish(future: Future[T]) -> None:
-                if again and again_on_conflict is not None \
-                        and isinstance(future.exception(), sa.exc.IntegrityError):
-                    _registered_concurrently(again_on_conflict)
-                    if submit(again=False):
-                        return
-                try:
-                    answer.set_result(after(future.result()))
-                except Exception as exc:
-                    answer.set_exception(exc)
-
-            written.add_done_callback(finish)
-            return True
-
-        return answer if submit(again=again_on_conflict is not None) else None
+        `after` runs in the writer thread once the batch has committed. A registration
+        race (see `_write`) is run again at once, inside the same transaction.
+        """
+        if again_on_conflict is not None:
+            work = _again_on_conflict(work, again_on_conflict)
+        return self.writer.submit(work, key=key, then=after)
 
     # --- lookups --------------------------------------------------------------------------------
 
@@ -826,10 +810,38 @@ class Farm:
 _STARTED_BEFORE = Prepared(lambda _: sa.select(sa.exists().where(
     attempts_t.c.job_id == sa.bindparam("job_id"), attempts_t.c.attempt != sa.bindparam("attempt"),
     attempts_t.c.started_at.is_not(None))))
+
+
 def _registered_concurrently(node: str) -> None:
     # Two first beats of one node at once (two replicas, or a retried request): the other
     # registered it first and this insert lost. The node exists now: the beat runs again.
     log.info("[FaultTolerance] Node %s was registered concurrently; beating again", node)
+
+
+def _again_on_conflict(work: Callable[[Session], T], node: str) -> Callable[[Session], T]:
+    """`work`, run once more in the same transaction when its insert of `node` lost a race.
+
+    Under a savepoint of its own: the failed insert is undone, and the second run sees
+    the other's row (PostgreSQL's next statement reads what has committed since).
+    """
+
+    def run(session: Session) -> T:
+        cursor = session.connection().connection.cursor()
+        try:
+            cursor.execute("SAVEPOINT ffrtmp_again")
+            try:
+                done = work(session)
+            except sa.exc.IntegrityError:
+                cursor.execute("ROLLBACK TO SAVEPOINT ffrtmp_again")
+                cursor.execute("RELEASE SAVEPOINT ffrtmp_again")
+                _registered_concurrently(node)
+                return work(session)
+            cursor.execute("RELEASE SAVEPOINT ffrtmp_again")
+            return done
+        finally:
+            cursor.close()
+
+    return run
 
 
 _SCENARIO_EXPECTED = Prepared(lambda _: sa.select(scenarios_t.c.expected_duration_seconds)

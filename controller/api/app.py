@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,15 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# FastAPI 0.16x instruments every request for OpenTelemetry when a provider is configured,
+# and asks whether one is on every request (3% of a heartbeat's CPU). Metrics here are
+# Prometheus (`GET /metrics`): off, where the installed FastAPI has the option.
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters else {}
+)
+
+
 def create_app(
     farm: Farm,
     auth: AuthManager | None = None,
@@ -62,7 +72,7 @@ def create_app(
     )
     app = FastAPI(
         title="ffrtmp controller", version=__version__, description=DESCRIPTION,
-        docs_url=None, redoc_url=None, openapi_url=None,
+        docs_url=None, redoc_url=None, openapi_url=None, **_NO_TELEMETRY,
     )
     app.state.ctx = ctx
     install_error_handlers(app)

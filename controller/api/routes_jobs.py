@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 from typing import Annotated, Any
 
@@ -52,7 +51,7 @@ async def submit_job(body: JobCreate, ctx: Ctx, principal: Writer) -> JobOut:
         name = await run_in_threadpool(
             partial(ctx.farm.submit, body.scenario, body.priority, body.parameters, body.name, **fields))
         return await run_in_threadpool(_job, ctx, name)
-    return JobOut.model_validate(await asyncio.wrap_future(written))
+    return JobOut.model_validate(await written)
 
 
 @router.get("/jobs", response_model=Page[JobOut], summary="List jobs")

@@ -140,17 +140,19 @@ async def answer_heartbeat(
     idle = not draining and not running
     interval = ctx.config.nodes.heartbeat_interval_seconds
 
-    async def beat() -> HeartbeatReply:
+    async def beat(woken: bool = False) -> HeartbeatReply:
         # An idle worker's beat is recorded with others in one transaction when nothing
         # else is due; anything else (or a beat the batch could not settle) runs in full,
-        # also written with other requests' writes (alone when the writer is closed).
-        if idle and await asyncio.wrap_future(ctx.farm.beats.submit(name, body.slots, body.labels)):
+        # also written with other requests' writes (alone when the writer is closed). A
+        # long-poll woken for work goes straight to the full beat: the short one would
+        # find the work and hand over anyway, one write later.
+        if idle and not woken and await ctx.farm.beats.submit(name, body.slots, body.labels):
             return HeartbeatReply([], [], interval)
         written = ctx.farm.heartbeat_batched(name, body.slots, body.labels, running,
                                              client_id=principal.client_id, draining=draining)
         if written is None:
             return await run_in_threadpool(full)
-        return await asyncio.wrap_future(written)
+        return await written
 
     wait = 0.0 if draining else min(wait_seconds, interval)
     if wait <= 0 or ctx.stopping():
@@ -160,7 +162,7 @@ async def answer_heartbeat(
 
 async def _long_poll(
     ctx: ApiContext, name: str, body: HeartbeatIn, running: list[tuple[str, int]] | None,
-    beat: Callable[[], Awaitable[HeartbeatReply]], wait: float,
+    beat: Callable[..., Awaitable[HeartbeatReply]], wait: float,
 ) -> HeartbeatReply:
     """Beat; while there is nothing to do, wait for a wake-up and beat again (until `wait`)."""
     free = body.slots is None or len(running or ()) < body.slots
@@ -177,7 +179,7 @@ async def _long_poll(
             if not await ctx.notifier.wait(waiter, remaining) or ctx.notifier.closed:
                 break
             ctx.notifier.rearm(waiter)
-            reply = await beat()
+            reply = await beat(woken=True)
         return reply
     finally:
         ctx.notifier.unregister(waiter)
@@ -227,7 +229,7 @@ async def answer_report(
     if written is None:
         outcome = await run_in_threadpool(partial(ctx.farm.report, name, attempt, body.state, **fields))
     else:
-        outcome = await asyncio.wrap_future(written)
+        outcome = await written
     if outcome.applied and outcome.status == "failed":
         ctx.metrics.failed_jobs.inc()
     return ReportOut(job=outcome.job, attempt=outcome.attempt, status=outcome.status,

@@ -38,7 +38,7 @@ from controller.observability.metrics import Metrics
 from controller.store import tokens as token_store
 from controller.store.audit import write_audit
 from controller.store.engine import Store
-from controller.store.group import GroupCommit
+from controller.store.group import GroupCommit, Written
 from controller.store.tokens import TokenInfo
 
 log = logging.getLogger("controller.auth")
@@ -230,7 +230,7 @@ class AuthManager:
             # Through the writer it joins other requests' transaction, and the request
             # does not wait for it: when a token was last used is a record, not a guard.
             token_id = stored.id
-            queued = self.writer.submit(
+            queued: Written[None] | None = self.writer.submit(
                 lambda session: token_store.touch_token(session, token_id, now),
                 key=("token", token_id), savepoint=False,
             ) if self.writer is not None else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from datetime import UTC, datetime
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from controller.store.engine import Store
-from controller.store.group import GroupCommit
+from controller.store.group import GroupCommit, Written
 from controller.store.transitions import nodes_t
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
@@ -98,3 +99,53 @@ def test_closed_writer_refuses_and_queued_work_is_finished(store: Store) -> None
     assert future is not None and future.result(5) == "last"
     assert writer.submit(insert("late")) is None
     assert names(store) == ["last"]
+
+
+def test_coroutines_await_their_units_and_get_results_or_exceptions(store: Store) -> None:
+    writer = GroupCommit(store)
+
+    def fail(session: Session) -> None:
+        raise ValueError("refused")
+
+    async def scenario() -> tuple[list[object], str, object]:
+        gate = threading.Event()
+        held = writer.submit(lambda session: gate.wait(5))
+        written = [writer.submit(insert(f"n{i}")) for i in range(20)]
+        failed = writer.submit(fail)
+        transformed = writer.submit(insert("t"), then=lambda name: name.upper())
+        gate.set()  # the 22 queued units commit as one batch, handed to this loop at once
+        assert held is not None and failed is not None and transformed is not None
+        results = [await w for w in written if w is not None]
+        with pytest.raises(ValueError) as refused:
+            await failed
+        late = await transformed  # settled before it is awaited: no hop through the loop
+        return results, str(refused.value), late
+
+    results, refused, late = asyncio.run(scenario())
+    assert results == [f"n{i}" for i in range(20)]
+    assert refused == "refused" and late == "T"
+    writer.close()
+
+
+def test_an_abandoned_await_does_not_break_the_batch(store: Store) -> None:
+    writer = GroupCommit(store)
+    gate = threading.Event()
+    held = writer.submit(lambda session: gate.wait(5))
+
+    async def scenario() -> None:
+        slow = writer.submit(insert("abandoned"))
+        assert slow is not None
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(_awaited(slow))), 0.01)
+
+    asyncio.run(scenario())  # the loop is closed before the unit commits
+    gate.set()
+    assert held is not None and held.result(5) is True
+    after = writer.submit(insert("after"))
+    assert after is not None and after.result(5) == "after"
+    assert names(store) == ["abandoned", "after"]
+    writer.close()
+
+
+async def _awaited(written: Written[str]) -> str:
+    return await written
