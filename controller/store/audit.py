@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from controller.store.bulk import insert_many
+from controller.store.bulk import insert_many, insert_rows
 from controller.store.models import AuditLog
 
 _audit: sa.Table = AuditLog.__table__  # type: ignore[attr-defined]
@@ -40,3 +40,11 @@ def write_audit(
 def write_audit_many(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     """Add many audit rows (dicts with AuditLog's columns) in one statement."""
     insert_many(session, _audit, rows)
+
+
+AUDIT_COLUMNS = ("event_type", "entity_type", "entity_id", "client_id", "details", "created_at")
+
+
+def write_audit_rows(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Add many audit rows given as driver values in `AUDIT_COLUMNS` order (see `bulk.Converter`)."""
+    insert_rows(session, _audit, AUDIT_COLUMNS, rows)

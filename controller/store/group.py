@@ -70,7 +70,7 @@ class Written(Generic[T]):
 
     @classmethod
     def of(cls, value: T) -> Written[T]:
-        """An outcome that is already known."""
+        """A result that is already known."""
         outcome: Written[T] = cls()
         outcome._done, outcome._ok, outcome._value = True, True, value
         return outcome
@@ -95,7 +95,7 @@ class Written(Generic[T]):
                 waiting = None
             else:
                 if self._waiter is not None:
-                    raise RuntimeError("an Written is awaited once")
+                    raise RuntimeError("a Written is awaited once")
                 loop = asyncio.get_running_loop()
                 waiting = loop.create_future()
                 self._waiter = (loop, waiting)

@@ -236,7 +236,7 @@ class FencedStore(Store):
         on_lost: Callable[[Fence], None] | None = None,
         idle_limit_seconds: float | None = None,
     ) -> None:
-        super().__init__(store.engine)
+        super().__init__(store.engine, over=store)
         self._fence = fence
         self._on_lost = on_lost
         self._idle_limit = idle_limit_seconds

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 
 from controller.config import DatabaseConfig
 from controller.store.checkpoint import WalCheckpointer
-from controller.store.engine import Store
+from controller.store.engine import FifoLock, Store
 from controller.store.transitions import jobs_t, nodes_t
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
@@ -102,3 +104,36 @@ def test_an_unchecked_write_that_fails_also_restores_the_checks(sqlite_store: St
     with pytest.raises(RuntimeError), sqlite_store.write(check_references=False):
         raise RuntimeError("boom")
     assert pragma(sqlite_store, "foreign_keys") == 1
+
+
+def test_the_write_lock_goes_to_waiters_in_arrival_order_and_is_reentrant() -> None:
+    lock = FifoLock()
+    order: list[str] = []
+    lock.acquire()
+    lock.acquire()  # reentrant
+    lock.release()
+
+    def writer(name: str, queued: threading.Event) -> None:
+        queued.set()
+        with lock:
+            order.append(name)
+
+    threads = []
+    for name in ("first", "second", "third"):
+        queued = threading.Event()
+        thread = threading.Thread(target=writer, args=(name, queued))
+        thread.start()
+        queued.wait(5)
+        deadline = time.monotonic() + 5
+        while len(lock._waiters) < len(threads) + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)  # until it waits on the lock: arrival order is the test's
+        threads.append(thread)
+    # The holder takes it straight back: with RLock it would go first again; here it queues.
+    lock.release()
+    with lock:
+        order.append("holder again")
+    for thread in threads:
+        thread.join(5)
+    assert order == ["first", "second", "third", "holder again"]
+    with pytest.raises(RuntimeError):
+        lock.release()
