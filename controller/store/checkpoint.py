@@ -22,7 +22,7 @@ import sqlite3
 import threading
 from typing import NamedTuple
 
-log = logging.getLogger("ffrtmp.store")
+log = logging.getLogger("controller.store")
 
 
 class CheckpointResult(NamedTuple):

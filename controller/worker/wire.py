@@ -160,6 +160,8 @@ class WorkerClient:
         return self._new(), False
 
     def _give(self, connection: http.client.HTTPConnection) -> None:
+        if connection.sock is None:
+            return  # closed by the answer ("Connection: close"): the next request opens its own
         with self._lock:
             if len(self._idle) < POOL_SIZE:
                 self._idle.append(connection)

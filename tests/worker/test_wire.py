@@ -129,3 +129,11 @@ def test_no_answer_in_time_is_a_timeout(server: Recorder) -> None:
 def test_a_bad_server_url_is_refused_at_once() -> None:
     with pytest.raises(ValueError):
         WorkerClient("ftp://example.org", "t")
+
+
+def test_an_answer_that_closes_its_connection_is_not_pooled(server: Recorder) -> None:
+    server.answers = [(200, {"Connection": "close"}, b'{"n": 1}'), (200, {}, b'{"n": 2}')]
+    client = WorkerClient(server.url, "t")
+    assert client.heartbeat("w1") == {"n": 1}
+    assert client.heartbeat("w1") == {"n": 2}
+    assert len(server.connections) == 2 and len(server.requests) == 2
