@@ -92,3 +92,14 @@ def test_deploy_profiles_load_with_the_seed_values() -> None:
     assert (prod.fault_tolerance.node_timeout_seconds, prod.fault_tolerance.max_retries) == (60, 3)
     assert prod.fault_tolerance.check_interval_seconds == 10
     assert (prod.auth.enabled, prod.auth.token_expiry_minutes, prod.auth.rate_limit_per_minute) == (True, 30, 100)
+
+
+def test_the_documented_configuration_file_loads_as_written(tmp_path: Path) -> None:
+    # The full example of docs/configuration.md: every key it names must be a real one.
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert "kind: ControllerConfig" in block and "sqliteCacheMib" in block
+    path = tmp_path / "documented.yaml"
+    path.write_text(block)
+    c = load_config(path, env={})
+    assert c.database.sqlite_cache_mib == 64 and c.database.sqlite_checkpoint_seconds == 1
