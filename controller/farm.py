@@ -765,17 +765,13 @@ class Farm:
         """`work` in a transaction of its own, then `after` once it has committed.
 
         With `again_on_conflict` (a node's name), a unique-key conflict (that node's first
-        beat lost a registration race to another replica) runs the work once more.
+        beat lost a registration race to another replica) runs the work once more, in the
+        same transaction (see `_again_on_conflict`), as the batched path does.
         """
-        try:
-            with self.store.write() as session:
-                done = work(session)
-        except sa.exc.IntegrityError:
-            if again_on_conflict is None:
-                raise
-            _registered_concurrently(again_on_conflict)
-            with self.store.write() as session:
-                done = work(session)
+        if again_on_conflict is not None:
+            work = _again_on_conflict(work, again_on_conflict)
+        with self.store.write() as session:
+            done = work(session)
         return after(done)
 
     def _write_batched(
@@ -784,8 +780,7 @@ class Farm:
     ) -> Written[R] | None:
         """`_write` through the group-commit writer; None when it is closed (shutting down).
 
-        `after` runs in the writer thread once the batch has committed. A registration
-        race (see `_write`) is run again at once, inside the same transaction.
+        `after` runs in the writer thread once the batch has committed.
         """
         if again_on_conflict is not None:
             work = _again_on_conflict(work, again_on_conflict)

@@ -140,7 +140,7 @@ async def answer_heartbeat(
     idle = not draining and not running
     interval = ctx.config.nodes.heartbeat_interval_seconds
 
-    async def beat(woken: bool = False) -> HeartbeatReply:
+    async def beat(woken: bool) -> HeartbeatReply:
         # An idle worker's beat is recorded with others in one transaction when nothing
         # else is due; anything else (or a beat the batch could not settle) runs in full,
         # also written with other requests' writes (alone when the writer is closed). A
@@ -156,13 +156,13 @@ async def answer_heartbeat(
 
     wait = 0.0 if draining else min(wait_seconds, interval)
     if wait <= 0 or ctx.stopping():
-        return _heartbeat_out(await beat())
+        return _heartbeat_out(await beat(False))
     return _heartbeat_out(await _long_poll(ctx, name, body, running, beat, wait))
 
 
 async def _long_poll(
     ctx: ApiContext, name: str, body: HeartbeatIn, running: list[tuple[str, int]] | None,
-    beat: Callable[..., Awaitable[HeartbeatReply]], wait: float,
+    beat: Callable[[bool], Awaitable[HeartbeatReply]], wait: float,
 ) -> HeartbeatReply:
     """Beat; while there is nothing to do, wait for a wake-up and beat again (until `wait`)."""
     free = body.slots is None or len(running or ()) < body.slots
@@ -171,7 +171,7 @@ async def _long_poll(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     try:
-        reply = await beat()
+        reply = await beat(False)
         while not (reply.assignments or reply.cancel):
             remaining = deadline - loop.time()
             if remaining <= 0 or ctx.notifier.closed:
@@ -179,7 +179,7 @@ async def _long_poll(
             if not await ctx.notifier.wait(waiter, remaining) or ctx.notifier.closed:
                 break
             ctx.notifier.rearm(waiter)
-            reply = await beat(woken=True)
+            reply = await beat(True)
         return reply
     finally:
         ctx.notifier.unregister(waiter)
