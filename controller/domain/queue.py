@@ -13,7 +13,7 @@ import heapq
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from controller.config import QueueConfig
 from controller.domain.states import Priority
@@ -54,7 +54,20 @@ class Queued:
     created_at: datetime
 
 
-T = TypeVar("T", bound=Queued)
+class QueueEntry(Protocol):
+    """What the queue order reads of a pending job (`Queued`, or the store's own rows)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def priority(self) -> Priority: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+T = TypeVar("T", bound=QueueEntry)
 
 
 def merge_classes(

@@ -63,6 +63,8 @@ class Converter:
         self._to_time: Callable[[datetime], Any] = _sqlite_time if dialect_name == "sqlite" else _aware
         self._to_json = _sqlite_json if dialect_name == "sqlite" else _postgres_json
         self._times: dict[datetime, Any] = {}
+        self.json_is_text = dialect_name == "sqlite"
+        """JSON values go to the driver as `json.dumps` text (SQLite), not as objects."""
 
     def value(self, value: Any) -> Any:
         """One value."""

@@ -60,7 +60,7 @@ class Prepared:
     def __init__(self, build: Callable[[str], ClauseElement]) -> None:
         self._build = build
         self._compiled: dict[str, _Compiled] = {}
-        self._results: dict[str, tuple[Processor, ...]] = {}
+        self._results: dict[str, tuple[tuple[int, Callable[[Any], Any]], ...]] = {}
         self._lock = threading.Lock()
 
     def _for(self, dialect: Dialect) -> _Compiled:
@@ -99,19 +99,50 @@ class Prepared:
             cursor.close()
         if compiled.row is None:
             return []
-        processors = self._results.get(connection.dialect.name)
+        processors = self._processors(connection.dialect, compiled, description)
+        make = compiled.row._make  # type: ignore[attr-defined]
+        if not processors:
+            return [make(raw) for raw in fetched]
+        out = []
+        for raw in fetched:
+            row = list(raw)
+            for i, process in processors:
+                value = row[i]
+                if value is not None:
+                    row[i] = process(value)
+            out.append(make(row))
+        return out
+
+    def _processors(
+        self, dialect: Dialect, compiled: _Compiled, description: Any
+    ) -> tuple[tuple[int, Callable[[Any], Any]], ...]:
+        """The result columns that need converting, with their processors (by column index)."""
+        processors = self._results.get(dialect.name)
         if processors is None:
             # Some processors depend on the driver's type code of the column (PostgreSQL's
             # numerics): known once the statement has run, the same every time after.
             codes = [d[1] for d in description or ()] or [None] * len(compiled.types)
-            processors = tuple(t.result_processor(connection.dialect, code)
-                               for t, code in zip(compiled.types, codes, strict=True))
-            self._results[connection.dialect.name] = processors
-        make = compiled.row._make  # type: ignore[attr-defined]
-        return [
-            make(v if p is None or v is None else p(v) for v, p in zip(raw, processors, strict=True))
-            for raw in fetched
-        ]
+            found = (t.result_processor(dialect, code) for t, code in zip(compiled.types, codes, strict=True))
+            processors = tuple((i, p) for i, p in enumerate(found) if p is not None)
+            self._results[dialect.name] = processors
+        return processors
+
+    def tuples(self, connection: Connection, **values: Any) -> list[tuple[Any, ...]]:
+        """Run the statement; its rows as the driver's plain tuples.
+
+        Only for statements whose result columns need no conversion (integers, strings):
+        a column whose type processes what the driver returns raises ValueError.
+        """
+        compiled = self._for(connection.dialect)
+        cursor = self._run(connection, compiled, self._params(compiled, values))
+        try:
+            fetched = cursor.fetchall()
+            description = cursor.description
+        finally:
+            cursor.close()
+        if self._processors(connection.dialect, compiled, description):
+            raise ValueError("tuples() of a statement whose results need converting: use rows()")
+        return cast(list[tuple[Any, ...]], fetched)
 
     def first(self, connection: Connection, **values: Any) -> Any:
         """The first row, or None."""

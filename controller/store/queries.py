@@ -7,15 +7,14 @@ Status changes are not made here: they go through `controller.store.transitions`
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlmodel import Session
 
-from controller.domain.queue import Queued
-from controller.domain.states import JobStatus, NodeStatus
+from controller.domain.states import JobStatus, NodeStatus, Priority
 from controller.store.models import Scenario
 from controller.store.prepared import Prepared
 from controller.store.transitions import attempts_t, jobs_t, nodes_t
@@ -46,18 +45,23 @@ class ActiveJob:
     timeout_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
-class PendingJob(Queued):
-    """A pending job, as the scheduler sees it."""
+class PendingJob(NamedTuple):
+    """A pending job, as the scheduler sees it (a `QueueEntry`).
 
-    id: int = 0
-    attempt: int = 0
-    scenario_name: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
-    node_selector: dict[str, str] = field(default_factory=dict)
-    not_before: datetime | None = None
-    suspend: bool = False
-    reason: str | None = None
+    A named tuple: a scheduling pass reads thousands, and a frozen dataclass takes
+    four times as long to build.
+    """
+
+    name: str
+    priority: Priority
+    created_at: datetime
+    id: int
+    attempt: int
+    scenario_name: str
+    parameters: dict[str, Any]
+    node_selector: dict[str, str]
+    reason: str | None
+    """Why it waits, as last recorded (the pass rewrites it only when it changes)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,9 @@ code base assigns a status.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from functools import lru_cache
@@ -29,7 +30,7 @@ from controller.domain.states import (
     check_node_transition,
 )
 from controller.store.audit import write_audit_many, write_audit_rows
-from controller.store.bulk import converter, insert_rows, update_rows
+from controller.store.bulk import Converter, converter, insert_rows, update_rows
 from controller.store.models import Job, JobAttempt, Node
 
 jobs_t: sa.Table = Job.__table__  # type: ignore[attr-defined]
@@ -80,41 +81,45 @@ class NodeTransition:
     reason: str
 
 
-def _job_values(t: JobTransition, now: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {
-        "status": str(t.to_status),
-        "reason": t.reason,
-        "message": t.message,
-        "updated_at": now,
-    }
-    to, source = t.to_status, t.from_status
+# The columns each kind of transition sets on the job's row, in the order of the values
+# `_job_update` gives them. Every way into pending clears started_at and finished_at,
+# so a job going to assigned has them empty already.
+_SETS = ("status", "reason", "message", "updated_at")
+_SET_ASSIGNED = (*_SETS, "node_id", "attempt", "assigned_at", "timeout_at", "not_before")
+_SET_RUNNING = (*_SETS, "started_at", "timeout_at")
+_SET_PENDING = (*_SETS, "node_id", "not_before", "timeout_at", "assigned_at", "started_at", "finished_at")
+_SET_FINISHED = (*_SETS, "finished_at", "timeout_at", "not_before")
+_RETRY_COUNT = ("retry_count",)
+
+
+def _job_update(t: JobTransition, when: Any, convert: Converter) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The columns a transition sets on its job's row, and their driver values.
+
+    `when` is the transaction's time already converted for the driver. Built as tuples
+    of a few fixed shapes: a pass writes 10,000 of them.
+    """
+    to = t.to_status
+    columns: tuple[str, ...]
+    values: tuple[Any, ...]
     if to is JobStatus.ASSIGNED:
-        # started_at/finished_at are already empty: every way into pending clears them.
-        values.update(
-            node_id=t.node_id,
-            attempt=t.attempt + 1,
-            assigned_at=now,
-            timeout_at=t.timeout_at,
-            not_before=None,
-        )
+        columns = _SET_ASSIGNED
+        values = (str(to), t.reason, t.message, when, t.node_id, t.attempt + 1, when,
+                  convert.value(t.timeout_at), None)
     elif to is JobStatus.RUNNING:
-        values.update(started_at=now, timeout_at=t.timeout_at)
+        columns = _SET_RUNNING
+        values = (str(to), t.reason, t.message, when, when, convert.value(t.timeout_at))
     elif to is JobStatus.PENDING:
-        values.update(
-            node_id=None,
-            not_before=t.not_before,
-            timeout_at=None,
-            assigned_at=None,
-            started_at=None,
-            finished_at=None,
-        )
-        if source.terminal:  # manual retry
-            values["retry_count"] = 0
+        columns = _SET_PENDING
+        values = (str(to), t.reason, t.message, when,
+                  None, convert.value(t.not_before), None, None, None, None)
+        if t.from_status.terminal:  # a manual retry starts counting again
+            return columns + _RETRY_COUNT, (*values, 0)
     else:  # completed, failed, cancelled
-        values.update(finished_at=now, timeout_at=None, not_before=None)
-    if t.retry_count is not None and "retry_count" not in values:
-        values["retry_count"] = t.retry_count
-    return values
+        columns = _SET_FINISHED
+        values = (str(to), t.reason, t.message, when, when, None, None)
+    if t.retry_count is not None:
+        return columns + _RETRY_COUNT, (*values, t.retry_count)
+    return columns, values
 
 
 def _attempt_values(t: JobTransition, now: datetime) -> dict[str, Any] | None:
@@ -177,16 +182,14 @@ def apply_job_transitions(
     # one job keep theirs), so the table and its indexes are walked forward: on a table
     # of 1M jobs, 10,000 updates in random order took SQLite 0.8 s, in id order 0.5 s.
     by_id = sorted(transitions, key=_job_id)
+    when = convert.value(now)
     job_rows: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
     for t in by_id:
-        values = _job_values(t, now)
-        job_rows[tuple(values)].append(
-            (*convert.row(values.values()), t.job_id, str(t.from_status), t.attempt)
-        )
+        columns, values = _job_update(t, when, convert)
+        job_rows[columns].append((*values, t.job_id, str(t.from_status), t.attempt))
     for columns, rows in job_rows.items():
         _update_guarded(session, jobs_t, _JOB_GUARDS, columns, rows, "job transition")
 
-    when = convert.value(now)
     new_attempts = [
         (t.job_id, t.attempt + 1, t.node_name or "", "assigned", when)
         for t in by_id
@@ -204,10 +207,15 @@ def apply_job_transitions(
         # Unguarded: history is a record, and a missing row must never block a requeue.
         update_rows(session, attempts_t, _ATTEMPT_KEY, columns, rows)
 
-    # Audit rows straight as driver values: 10,000 of them per scheduling pass.
-    to_json = convert.value
+    # Audit rows straight as driver values: 10,000 of them per scheduling pass. SQLite stores
+    # JSON as text: the details are written as text directly (`_job_details_text`).
+    if convert.json_is_text:
+        details = [_job_details_text(t) for t in transitions]
+    else:
+        details = [convert.value(_job_details(t)) for t in transitions]
     write_audit_rows(session, [
-        ("job.transition", "job", t.name, client_id, to_json(_job_details(t)), when) for t in transitions
+        ("job.transition", "job", t.name, client_id, text, when)
+        for t, text in zip(transitions, details, strict=True)
     ])
 
 
@@ -237,6 +245,31 @@ def _job_details(t: JobTransition) -> dict[str, Any]:
     if t.not_before is not None:
         details["notBefore"] = _isoformat(t.not_before, t.not_before.tzinfo)
     return details
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def _job_details_text(t: JobTransition) -> str:
+    """`_job_details(t)` as `json.dumps` writes it, built directly as text.
+
+    Twice as fast as building the dict and encoding it, on the 10,000 audit rows of a
+    scheduling pass. The same keys, in the same order, as `_job_details` (a test holds
+    the two to the same output).
+    """
+    attempt = t.attempt + 1 if t.to_status is JobStatus.ASSIGNED else t.attempt
+    node = "null" if t.node_name is None else _quote(t.node_name)
+    text = (f'{{"from": {_quote(str(t.from_status))}, "to": {_quote(str(t.to_status))}, '
+            f'"reason": {_quote(t.reason)}, "attempt": {int(attempt)}, "node": {node}')
+    if t.retry_count is not None:
+        text += f', "retryCount": {int(t.retry_count)}'
+    if t.message:
+        text += f', "message": {_quote(t.message)}'
+    if t.exit_code is not None:
+        text += f', "exitCode": {int(t.exit_code)}'
+    if t.not_before is not None:
+        text += f', "notBefore": {_quote(_isoformat(t.not_before, t.not_before.tzinfo))}'
+    return text + "}"
 
 
 def apply_node_transitions(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.config import ControllerConfig
 from controller.domain.states import JobStatus, Priority, Reason, TransitionRefused
@@ -16,7 +19,13 @@ from controller.sources.apply import Origin
 from controller.store import passes, views
 from controller.store.engine import Store
 from controller.store.models import AuditLog, Job
-from controller.store.transitions import ConcurrentChange, JobTransition, apply_job_transitions
+from controller.store.transitions import (
+    ConcurrentChange,
+    JobTransition,
+    _job_details,
+    _job_details_text,
+    apply_job_transitions,
+)
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 CONFIG = ControllerConfig()
@@ -116,3 +125,26 @@ def test_pending_queue_scan_reads_in_batches(store: Store) -> None:
     with store.read() as session:
         stats = views.queue_stats(session)
     assert stats["totalAssigned"] == 4 and stats["totalPending"] == 0
+
+
+_TEXT = st.text(max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pair=st.sampled_from([(JobStatus.PENDING, JobStatus.ASSIGNED), (JobStatus.ASSIGNED, JobStatus.RUNNING),
+                          (JobStatus.RUNNING, JobStatus.PENDING), (JobStatus.RUNNING, JobStatus.FAILED),
+                          (JobStatus.COMPLETED, JobStatus.PENDING)]),
+    reason=_TEXT, attempt=st.integers(0, 2**31 - 2), node=st.none() | _TEXT,
+    retry_count=st.none() | st.integers(0, 100), message=st.none() | _TEXT,
+    exit_code=st.none() | st.integers(-255, 255),
+    not_before=st.none() | st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))])),
+)
+def test_audit_details_text_is_what_json_dumps_writes(
+    pair: tuple[JobStatus, JobStatus], reason: str, attempt: int, node: str | None, retry_count: int | None,
+    message: str | None, exit_code: int | None, not_before: datetime | None,
+) -> None:
+    # SQLite's audit rows are built as text directly; PostgreSQL's from the dict: the same details.
+    t = JobTransition(1, "j", pair[0], pair[1], reason, attempt, message=message, node_name=node,
+                      retry_count=retry_count, not_before=not_before, exit_code=exit_code)
+    assert _job_details_text(t) == json.dumps(_job_details(t))
