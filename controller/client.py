@@ -145,6 +145,29 @@ class ReportReply(TypedDict):
     applied: bool
 
 
+class ErrorDetail(TypedDict):
+    """An error's stable code and sentence."""
+
+    code: str
+    message: str
+
+
+class ReportResult(TypedDict):
+    """One report of a batch: as `ReportReply`, or `error` (with what the single route refuses)."""
+
+    job: str
+    attempt: int
+    status: str | None
+    applied: bool
+    error: ErrorDetail | None
+
+
+class ReportsReply(TypedDict):
+    """The outcomes of a batch of reports, in order."""
+
+    results: list[ReportResult]
+
+
 class ApplyResult(TypedDict):
     """What happened to one applied object."""
 
@@ -245,6 +268,15 @@ def report_body(
               "result": dict(result) if result is not None else None, "reason": reason,
               "node": node}
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def attempt_report(
+    job: str, attempt: int, state: ReportState, exit_code: int | None = None, message: str | None = None,
+    log_tail: str | None = None, result: Mapping[str, Any] | None = None, reason: str | None = None,
+) -> dict[str, Any]:
+    """One item of `POST /nodes/{name}/reports` (fields left out when unset)."""
+    return {"job": job, "attempt": attempt,
+            **report_body(state, exit_code, message, log_tail, result, reason, None)}
 
 
 class Client:
@@ -416,6 +448,14 @@ class Client:
         """`POST /jobs/{job}/attempts/{attempt}`; a stale attempt raises ApiError 409."""
         body = report_body(state, exit_code, message, log_tail, result, reason, node)
         return cast(ReportReply, self._json("POST", f"/jobs/{job}/attempts/{attempt}", json=body))
+
+    def reports(self, node: str, reports: Sequence[Mapping[str, Any]]) -> ReportsReply:
+        """`POST /nodes/{node}/reports`: several reports (`attempt_report` items), applied in order.
+
+        A refused report (stale, unknown job) is an `error` in its result, not an ApiError.
+        """
+        return cast(ReportsReply, self._json("POST", f"/nodes/{node}/reports",
+                                             json={"reports": list(reports)}))
 
     # --- queue, audit, tokens, probes ----------------------------------------------------------
 

@@ -484,7 +484,10 @@ class Farm:
         if slots is not None and not row.declared and slots != row.slots:
             values["slots"] = slots
             values["updated_at"] = at
-        session.execute(sa.update(nodes_t).where(nodes_t.c.id == row.id).values(**values))
+        if len(values) == 1:  # the common beat: only its time changes
+            _BEAT.execute(session.connection(), at=at, id=row.id)
+        else:
+            session.execute(sa.update(nodes_t).where(nodes_t.c.id == row.id).values(**values))
 
     def _fence(
         self, session: Session, row: Any, held: set[tuple[str, int]] | None, at: datetime,
@@ -535,12 +538,7 @@ class Farm:
     def _assignments(
         self, session: Session, node_id: int, held: set[tuple[str, int]] | None
     ) -> list[Assignment]:
-        rows = session.execute(
-            sa.select(jobs_t.c.name, jobs_t.c.attempt, jobs_t.c.scenario_name,
-                      jobs_t.c.parameters, jobs_t.c.active_deadline_seconds)
-            .where(jobs_t.c.node_id == node_id, jobs_t.c.status == str(JobStatus.ASSIGNED))
-            .order_by(jobs_t.c.assigned_at, jobs_t.c.id)
-        ).all()
+        rows = _ASSIGNED_TO.rows(session.connection(), node_id=node_id)
         pending = [r for r in rows if held is None or (r.name, r.attempt) not in held]
         if not pending:
             return []
@@ -841,6 +839,16 @@ def _again_on_conflict(work: Callable[[Session], T], node: str) -> Callable[[Ses
 
 _SCENARIO_EXPECTED = Prepared(lambda _: sa.select(scenarios_t.c.expected_duration_seconds)
                               .where(scenarios_t.c.name == sa.bindparam("name")))
+_ASSIGNED_TO = Prepared(lambda _: (
+    sa.select(jobs_t.c.name, jobs_t.c.attempt, jobs_t.c.scenario_name,
+              jobs_t.c.parameters, jobs_t.c.active_deadline_seconds)
+    .where(jobs_t.c.node_id == sa.bindparam("node_id"), jobs_t.c.status == str(JobStatus.ASSIGNED))
+    .order_by(jobs_t.c.assigned_at, jobs_t.c.id)
+))
+_BEAT = Prepared(lambda _: (
+    sa.update(nodes_t).where(nodes_t.c.id == sa.bindparam("id"))
+    .values(last_heartbeat=sa.bindparam("at", type_=nodes_t.c.last_heartbeat.type))
+))
 _NODE_NAME = Prepared(lambda _: sa.select(nodes_t.c.name).where(nodes_t.c.id == sa.bindparam("id")))
 
 

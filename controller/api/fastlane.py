@@ -5,16 +5,17 @@ hundreds of such requests a second. FastAPI's routing, dependency resolution and
 exception middleware cost several times what one of them needs once its token is
 checked. This ASGI middleware, inside authentication and the body limit, recognizes
 `POST /nodes/{name}/heartbeat` (at most `waitSeconds` in its query) and
-`POST /jobs/{name}/attempts/{attempt}` (no query) with a JSON body, parses the body
-with the route's own model and answers with the route's own function
-(`routes_nodes.answer_heartbeat`, `answer_report`): same rules, same answers.
+`POST /jobs/{name}/attempts/{attempt}` and `POST /nodes/{name}/reports` (no query) with
+a JSON body, parses the body with the route's own model and answers with the route's
+own function (`routes_nodes.answer_heartbeat`, `answer_report`, `answer_reports`): same
+rules, same answers.
 
 Requests it does not recognize, and bodies the model refuses, are passed to the
 application with the body replayed, so the route answers them exactly as it would
 have. The protocol's own refusals (403, 404, 409) are answered here in the same
 error format. Any other error of a heartbeat goes to the route too (a beat is
-idempotent); one of a report is answered 500 like the application does (its write
-was rolled back, but it must not be applied twice by a replay).
+idempotent); one of reports is answered 500 like the application does (its writes
+were rolled back, but they must not be applied twice by a replay).
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from urllib.parse import parse_qsl
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.api.context import ApiContext
 from controller.api.errors import auth_error_response, error_response
-from controller.api.routes_nodes import answer_heartbeat, answer_report
-from controller.api.schemas import INT32, HeartbeatIn, ReportIn
+from controller.api.routes_nodes import answer_heartbeat, answer_report, answer_reports
+from controller.api.schemas import INT32, HeartbeatIn, ReportIn, ReportsIn
 from controller.api.security import PRINCIPAL
 from controller.auth.errors import PermissionDenied
 from controller.auth.roles import Principal
@@ -43,7 +46,9 @@ log = logging.getLogger("controller.api")
 # Named groups: NAME_PATTERN has groups of its own.
 _HEARTBEAT = re.compile(f"^/nodes/(?P<name>{NAME_PATTERN})/heartbeat$")
 _REPORT = re.compile(f"^/jobs/(?P<name>{NAME_PATTERN})/attempts/(?P<attempt>[1-9][0-9]{{0,9}})$")
+_REPORTS = re.compile(f"^/nodes/(?P<name>{NAME_PATTERN})/reports$")
 _JSON = (b"application/json",)
+M = TypeVar("M", bound=BaseModel)
 
 
 def _wait_seconds(query: bytes) -> float | None:
@@ -82,10 +87,19 @@ class WorkerLane:
             if beat is not None and len(beat["name"]) <= NAME_MAX and wait is not None:
                 await self._heartbeat(scope, receive, send, principal, beat["name"], wait)
                 return
+        elif not query and path.endswith("/reports"):
+            batch = _REPORTS.match(path)
+            if batch is not None and len(batch["name"]) <= NAME_MAX:
+                node = batch["name"]
+                await self._answer(scope, receive, send, ReportsIn,
+                                   lambda body: answer_reports(self.ctx, node, body, principal))
+                return
         elif not query:
             report = _REPORT.match(path)
             if report is not None and len(report["name"]) <= NAME_MAX and int(report["attempt"]) <= INT32:
-                await self._report(scope, receive, send, principal, report["name"], int(report["attempt"]))
+                job, attempt = report["name"], int(report["attempt"])
+                await self._answer(scope, receive, send, ReportIn,
+                                   lambda body: answer_report(self.ctx, job, attempt, body, principal))
                 return
         await self.app(scope, receive, send)
 
@@ -101,18 +115,19 @@ class WorkerLane:
             return
         await response(scope, receive, send)
 
-    async def _report(self, scope: Scope, receive: Receive, send: Send, principal: Principal,
-                      name: str, attempt: int) -> None:
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, model: type[M],
+                      answer: Callable[[M], Awaitable[BaseModel]]) -> None:
+        """Parse a report's (or reports') body with `model` and answer it with `answer`."""
         body, messages = await self._read(receive)
         try:
-            report = ReportIn.model_validate_json(body)
+            parsed = model.model_validate_json(body)
         except ValidationError as exc:
             log.debug("[API] report passed on to the route: %s", exc)
             await self.app(scope, self._replay(messages, receive), send)
             return
         response: Response
         try:
-            out = await answer_report(self.ctx, name, attempt, report, principal)
+            out = await answer(parsed)
             response = Response(out.model_dump_json(), media_type="application/json")
         except FarmError as exc:
             response = error_response(exc.status_code, str(exc), exc.code)

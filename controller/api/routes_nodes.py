@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Annotated, Any
 
@@ -23,22 +24,28 @@ from controller.api.schemas import (
     INT32,
     AssignmentOut,
     AttemptRefOut,
+    AttemptReportIn,
     ErrorBody,
+    ErrorDetail,
     HeartbeatIn,
     HeartbeatOut,
     NodeOut,
     Page,
     ReportIn,
     ReportOut,
+    ReportResultOut,
+    ReportsIn,
+    ReportsOut,
 )
 from controller.api.security import require
 from controller.auth.errors import PermissionDenied
 from controller.auth.roles import Permission, Principal, Role, role_allows
 from controller.domain.states import NodeStatus
-from controller.farm import HeartbeatReply, NotFound
+from controller.farm import FarmError, HeartbeatReply, NotFound, ReportResult
 from controller.store import views
 
 router = APIRouter()
+log = logging.getLogger("controller.api")
 
 Reader = Annotated[Principal, require(Permission.READ)]
 Worker = Annotated[Principal, require(Permission.WORKER_REPORT)]
@@ -218,19 +225,86 @@ async def answer_report(
             raise PermissionDenied(f"worker token of node {principal.node!r} may not report as {node!r}")
         node = principal.node
     # The farm checks the attempt's node in its own transaction (WrongNode is a 403).
-    fields: dict[str, Any] = {
-        "exit_code": body.exit_code, "message": body.message, "log_tail": body.log_tail,
-        "result": body.result, "reason": body.reason, "node": node,
-        "client_id": principal.client_id, "node_bound": principal.role is Role.WORKER,
-    }
-    # Written with other requests' writes in one transaction (group commit), answered once
-    # that transaction has committed; alone when the writer is closed (shutting down).
-    written = ctx.farm.report_batched(name, attempt, body.state, **fields)
-    if written is None:
-        outcome = await run_in_threadpool(partial(ctx.farm.report, name, attempt, body.state, **fields))
-    else:
-        outcome = await written
-    if outcome.applied and outcome.status == "failed":
-        ctx.metrics.failed_jobs.inc()
+    outcome = await _reported(ctx, (await _write_reports(ctx, [(name, attempt, body)], node, principal))[0])
     return ReportOut(job=outcome.job, attempt=outcome.attempt, status=outcome.status,
                      applied=outcome.applied)
+
+
+@router.post(
+    "/nodes/{name}/reports", response_model=ReportsOut, tags=["worker protocol"],
+    summary="Report on several attempts",
+    responses={403: {"model": ErrorBody, "description": "A worker token of another node."}},
+)
+async def reports(name: ObjectName, body: ReportsIn, ctx: Ctx, principal: Worker) -> ReportsOut:
+    """Apply several of a node's reports at once, in order, each as the single report route would.
+
+    Each report is fenced and idempotent on its own; one refused (stale: `StaleAttempt`,
+    unknown job: `NotFound`, another node's attempt: `Forbidden`; `InternalError`, a bug,
+    where the single route answers 500) is answered in its result and changes nothing,
+    the others still apply. A worker sends here what
+    finished while its previous request was on the way: one request for many jobs.
+    """
+    return await answer_reports(ctx, name, body, principal)
+
+
+async def answer_reports(ctx: ApiContext, name: str, body: ReportsIn, principal: Principal) -> ReportsOut:
+    """The batch report route's work, once its request is parsed (also `controller.api.fastlane`)."""
+    principal.require(Permission.WORKER_REPORT, name)
+    items = [(r.job, r.attempt, r) for r in body.reports]
+    written = await _write_reports(ctx, items, name, principal)
+    results = []
+    for (job, attempt, _), pending in zip(items, written, strict=True):
+        try:
+            outcome = await _reported(ctx, pending)
+        except FarmError as exc:
+            error = ErrorDetail(code=exc.code, message=str(exc))
+            results.append(ReportResultOut(job=job, attempt=attempt, error=error))
+            continue
+        except Exception as exc:  # a bug: that report's write was rolled back, the others stand
+            log.exception("[API] Internal error on a report of %s attempt %d: %s", job, attempt, exc)
+            error = ErrorDetail(code="InternalError", message="internal error (a bug); see the log")
+            results.append(ReportResultOut(job=job, attempt=attempt, error=error))
+            continue
+        results.append(ReportResultOut(job=outcome.job, attempt=outcome.attempt, status=outcome.status,
+                                       applied=outcome.applied))
+    return ReportsOut(results=results)
+
+
+_Pending = Awaitable[ReportResult] | ReportResult | BaseException
+
+
+async def _write_reports(
+    ctx: ApiContext, items: Sequence[tuple[str, int, ReportIn | AttemptReportIn]], node: str | None,
+    principal: Principal,
+) -> list[_Pending]:
+    """Hand the reports to the group-commit writer (all of them before waiting for any).
+
+    Each one is written in its own savepoint of a shared transaction, in order; when the
+    writer is closed (shutting down) they are written one by one, alone.
+    """
+    out: list[_Pending] = []
+    for job, attempt, body in items:
+        fields: dict[str, Any] = {
+            "exit_code": body.exit_code, "message": body.message, "log_tail": body.log_tail,
+            "result": body.result, "reason": body.reason, "node": node,
+            "client_id": principal.client_id, "node_bound": principal.role is Role.WORKER,
+        }
+        written = ctx.farm.report_batched(job, attempt, body.state, **fields)
+        if written is not None:
+            out.append(written)
+            continue
+        try:
+            out.append(await run_in_threadpool(partial(ctx.farm.report, job, attempt, body.state, **fields)))
+        except FarmError as exc:
+            out.append(exc)
+    return out
+
+
+async def _reported(ctx: ApiContext, pending: _Pending) -> ReportResult:
+    """A written report's outcome (raising what the farm raised), counted when it failed the job."""
+    if isinstance(pending, BaseException):
+        raise pending
+    outcome = pending if isinstance(pending, ReportResult) else await pending
+    if outcome.applied and outcome.status == "failed":
+        ctx.metrics.failed_jobs.inc()
+    return outcome

@@ -311,8 +311,8 @@ class HeartbeatOut(ApiModel):
     heartbeat_interval_seconds: float
 
 
-class ReportIn(RequestModel):
-    """A worker's report on one attempt."""
+class _ReportFields(RequestModel):
+    """What a worker says about one attempt."""
 
     state: Literal["running", "completed", "failed", "released"]
     exit_code: Annotated[int, Field(ge=-INT32 - 1, le=INT32)] | None = None
@@ -322,6 +322,11 @@ class ReportIn(RequestModel):
     reason: Literal["DeadlineExceeded", "InvalidParameters"] | None = Field(
         default=None, description="For `failed`: why, when it was not a plain exit code."
     )
+
+
+class ReportIn(_ReportFields):
+    """A worker's report on one attempt."""
+
     node: Name | None = Field(
         default=None, description="The reporting node (checked against a worker token's node)."
     )
@@ -334,6 +339,43 @@ class ReportOut(ApiModel):
     attempt: int
     status: str
     applied: bool
+
+
+MAX_REPORTS = 256
+"""Reports in one `POST /nodes/{name}/reports`."""
+
+
+class AttemptReportIn(_ReportFields):
+    """One report of a batch: the attempt it is about, and what the single report says."""
+
+    job: Name
+    attempt: Annotated[int, Field(ge=1, le=INT32)]
+
+
+class ReportsIn(RequestModel):
+    """A worker's reports on several attempts of its node, applied in order."""
+
+    reports: Annotated[list[AttemptReportIn], Field(min_length=1, max_length=MAX_REPORTS)]
+
+
+class ReportResultOut(ApiModel):
+    """One report's outcome: as `POST /jobs/{name}/attempts/{attempt}` answers it, or its error.
+
+    `error` is set (and `status`, `applied` are not) when that route would have refused
+    the report: `StaleAttempt` (its 409), `NotFound` (404), `Forbidden` (403).
+    """
+
+    job: str
+    attempt: int
+    status: str | None = None
+    applied: bool = False
+    error: ErrorDetail | None = None
+
+
+class ReportsOut(ApiModel):
+    """The outcomes, in the order of the reports."""
+
+    results: list[ReportResultOut]
 
 
 # --- queue, audit, tokens, probes -----------------------------------------------------------

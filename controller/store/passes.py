@@ -112,6 +112,25 @@ class SchedulableNode(NamedTuple):
     labels: dict[str, Any]
 
 
+@lru_cache(maxsize=8)
+def _schedulable(only: bool, lock: bool, skip_locked: bool) -> Prepared:
+    def build(dialect: str) -> sa.Select[Any]:
+        statement = (
+            sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.slots,
+                      _raw_json(nodes_t.c.labels), _raw_json(nodes_t.c.reported_labels))
+            .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False),
+                   nodes_t.c.draining.is_(False))
+            .order_by(nodes_t.c.id)
+        )
+        if only:
+            statement = statement.where(nodes_t.c.id == sa.bindparam("only"))
+        if lock and dialect == "postgresql":
+            statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked)
+        return statement
+
+    return Prepared(build)
+
+
 def schedulable_nodes(
     session: Session, only: int | None = None, lock: bool = False, skip_locked: bool = False
 ) -> list[SchedulableNode]:
@@ -124,19 +143,10 @@ def schedulable_nodes(
     another transaction holds (a heartbeat filling its own node) are left out instead
     of waited for.
     """
-    statement = (
-        sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.slots,
-                  _raw_json(nodes_t.c.labels), _raw_json(nodes_t.c.reported_labels))
-        .where(nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.unschedulable.is_(False),
-               nodes_t.c.draining.is_(False))
-        .order_by(nodes_t.c.id)
-    )
-    if only is not None:
-        statement = statement.where(nodes_t.c.id == only)
-    if lock and session.connection().dialect.name == "postgresql":
-        statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked)
+    statement = _schedulable(only is not None, lock, skip_locked)
+    values = {"only": only} if only is not None else {}
     nodes = []
-    for node_id, name, slots, declared, reported in session.execute(statement).all():
+    for node_id, name, slots, declared, reported in statement.tuples(session.connection(), **values):
         labels = json_value(reported) or {}
         declared_labels = json_value(declared)
         if declared_labels:
@@ -148,6 +158,11 @@ def schedulable_nodes(
 _ACTIVE_COUNTS = Prepared(lambda _: (
     sa.select(jobs_t.c.node_id, sa.func.count())
     .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None))
+    .group_by(jobs_t.c.node_id)
+))
+_ACTIVE_COUNT = Prepared(lambda _: (
+    sa.select(jobs_t.c.node_id, sa.func.count())
+    .where(IS_ACTIVE, jobs_t.c.node_id == sa.bindparam("node_id"))
     .group_by(jobs_t.c.node_id)
 ))
 
@@ -163,6 +178,8 @@ def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> di
     """
     if node_ids is None:
         return dict(_ACTIVE_COUNTS.tuples(session.connection()))
+    if len(node_ids) == 1:  # the heartbeat path
+        return dict(_ACTIVE_COUNT.tuples(session.connection(), node_id=node_ids[0]))
     statement = (
         sa.select(jobs_t.c.node_id, sa.func.count())
         .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None), jobs_t.c.node_id.in_(list(node_ids)))

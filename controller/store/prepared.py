@@ -38,6 +38,7 @@ class _Compiled:
     binds: tuple[Processor, ...]
     types: tuple[Any, ...]  # the dialect's implementation of each result column's type
     row: type | None
+    fixed: dict[str, Any]  # values the statement carries itself (`status == "ready"`), by bind name
 
 
 def _compile(statement: ClauseElement, dialect: Dialect) -> _Compiled:
@@ -51,7 +52,8 @@ def _compile(statement: ClauseElement, dialect: Dialect) -> _Compiled:
     columns = list(getattr(statement, "exported_columns", ()))
     types = tuple(c.type.dialect_impl(dialect) for c in columns)
     row = namedtuple("Row", [c.key for c in columns], rename=True) if columns else None
-    return _Compiled(str(compiled), names, positional, binds, types, row)
+    fixed = {n: compiled.binds[n].effective_value for n in names if not compiled.binds[n].required}
+    return _Compiled(str(compiled), names, positional, binds, types, row, fixed)
 
 
 class Prepared:
@@ -74,6 +76,8 @@ class Prepared:
         return compiled
 
     def _params(self, compiled: _Compiled, values: Mapping[str, Any]) -> Any:
+        if compiled.fixed:
+            values = {**compiled.fixed, **values}
         converted = [
             value if process is None or value is None else process(value)
             for value, process in zip((values[n] for n in compiled.names), compiled.binds, strict=True)

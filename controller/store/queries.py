@@ -28,6 +28,10 @@ ACTIVE = (str(JobStatus.ASSIGNED), str(JobStatus.RUNNING))
 # implies the index's, which a bound parameter never does.
 IS_PENDING = sa.text("jobs.status = 'pending'")
 IS_ACTIVE = sa.text("jobs.status IN ('assigned', 'running')")
+# LIMIT 1 OFFSET 0 of prepared statements as literals (a prepared statement binds only named
+# values, and SQLite's compiler adds a bound OFFSET to a LIMIT without one).
+_ONE: sa.ColumnClause[Any] = sa.literal_column("1")
+_NONE: sa.ColumnClause[Any] = sa.literal_column("0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +129,12 @@ def count_ready_nodes(session: Session) -> int:
     )
 
 
+_ANY_PENDING = Prepared(lambda _: sa.select(jobs_t.c.id).where(IS_PENDING).limit(_ONE).offset(_NONE))
+
+
 def any_pending(session: Session) -> bool:
     """True when at least one job is pending (a probe of the queue index)."""
-    return session.execute(
-        sa.select(jobs_t.c.id).where(IS_PENDING).limit(1)
-    ).first() is not None
+    return _ANY_PENDING.first(session.connection()) is not None
 
 
 def jobs_on_lost_nodes(session: Session) -> list[ActiveJob]:
@@ -163,39 +168,56 @@ def timed_out_jobs(session: Session, now: datetime) -> list[ActiveJob]:
     return [_active(r) for r in session.execute(statement)]
 
 
+# The heartbeat path's statements, prepared (see `controller.store.prepared`): a heartbeat
+# that hands out work runs a dozen of them, and SQLAlchemy's statement building and
+# result processing cost several times what SQLite needs to run them.
+_NODE_HAS_ACTIVE = Prepared(lambda _: (
+    sa.select(jobs_t.c.id).where(jobs_t.c.node_id == sa.bindparam("node_id"), IS_ACTIVE)
+    .limit(_ONE).offset(_NONE)
+))
+_ACTIVE_ON_NODE = Prepared(lambda _: (
+    sa.select(*_active_columns())
+    .select_from(jobs_t.join(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
+    .where(jobs_t.c.node_id == sa.bindparam("node_id"), IS_ACTIVE)
+    .order_by(jobs_t.c.id)
+))
+
+
 def node_has_active_jobs(session: Session, node_id: int) -> bool:
     """True when some job is assigned to or running on the node (a probe of `idx_jobs_node_status`)."""
-    return session.execute(
-        sa.select(jobs_t.c.id).where(jobs_t.c.node_id == node_id, jobs_t.c.status.in_(ACTIVE)).limit(1)
-    ).first() is not None
+    return _NODE_HAS_ACTIVE.first(session.connection(), node_id=node_id) is not None
 
 
 def active_jobs_on_node(session: Session, node_id: int) -> list[ActiveJob]:
     """Assigned and running jobs bound to one node."""
-    statement = (
-        sa.select(*_active_columns())
-        .select_from(jobs_t.join(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
-        .where(jobs_t.c.node_id == node_id, jobs_t.c.status.in_(ACTIVE))
-        .order_by(jobs_t.c.id)
-    )
-    return [_active(r) for r in session.execute(statement)]
+    return [_active(r) for r in _ACTIVE_ON_NODE.rows(session.connection(), node_id=node_id)]
 
 
-def scenarios_by_name(session: Session, names: Sequence[str] | None = None) -> dict[str, ScenarioInfo]:
-    """Scenarios by name (all of them, or the given names)."""
-    statement = sa.select(
+def _scenario_columns() -> sa.Select[Any]:
+    return sa.select(
         scenarios_t.c.name,
         scenarios_t.c.command,
         scenarios_t.c.defaults,
         scenarios_t.c.requires,
         scenarios_t.c.expected_duration_seconds,
     )
-    if names is not None:
-        statement = statement.where(scenarios_t.c.name.in_(list(names)))
-    return {
-        r.name: ScenarioInfo(r.name, r.command, r.defaults, r.requires, r.expected_duration_seconds)
-        for r in session.execute(statement)
-    }
+
+
+_SCENARIO = Prepared(lambda _: _scenario_columns().where(scenarios_t.c.name == sa.bindparam("name")))
+_SCENARIOS = Prepared(lambda _: _scenario_columns())
+
+
+def scenarios_by_name(session: Session, names: Sequence[str] | None = None) -> dict[str, ScenarioInfo]:
+    """Scenarios by name (all of them, or the given names)."""
+    connection = session.connection()
+    if names is None:
+        rows = _SCENARIOS.rows(connection)
+    elif len(names) == 1:  # a heartbeat's assignments: usually of one scenario
+        rows = _SCENARIO.rows(connection, name=names[0])
+    else:
+        rows = list(session.execute(_scenario_columns().where(scenarios_t.c.name.in_(list(names)))))
+    return {r.name: ScenarioInfo(r.name, r.command, r.defaults, r.requires, r.expected_duration_seconds)
+            for r in rows}
 
 
 def count_schedulable_nodes(session: Session) -> int:

@@ -5,11 +5,13 @@ Threads:
   while it has a free slot, starts assignments, stops fenced attempts;
 - one watcher per attempt: waits for the process, enforces `activeDeadlineSeconds`,
   queues the final report;
-- one reporter per attempt: sends that attempt's reports in order (`running`, then
-  the final one), retrying network errors with jittered backoff capped at the
-  heartbeat interval (reports are idempotent on the controller, so a retry never
-  applies twice). Attempts don't queue behind each other: a slow or retried report
-  of one never delays another's `running` past the controller's assign timeout.
+- the reporter: sends the queued reports, every attempt's in order (`running`, then
+  the final one), all that queued up while the previous request was on the way in
+  one `POST /nodes/{name}/reports`, retrying network errors with jittered backoff
+  capped at the heartbeat interval (reports are idempotent on the controller, so a
+  retry never applies twice). On a busy worker that is one request for many jobs;
+  on an idle one, one per report, sent at once. Against a controller without that
+  route (an older version), reports go one by one to the attempt's own route.
 
 The controller talks to the worker only through the answers to these calls.
 """
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import random
 import re
 import shutil
@@ -29,11 +30,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.client import ApiError, Client
+from controller.client import ApiError, Client, attempt_report
 from controller.worker import runner
 from controller.worker.wire import WorkerClient
 
 log = logging.getLogger("controller.worker")
+
+REPORTS_PER_REQUEST = 64
+"""At most this many reports in one request (final reports carry up to 16 KiB of output)."""
 
 Key = tuple[str, int]
 _LABEL_VALUE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -104,9 +108,14 @@ class Worker:
         self.unreported: set[Key] = set()
         """Attempts that finished and whose final report is not acknowledged yet."""
         self._lock = threading.Lock()
-        self._outboxes: dict[Key, queue.Queue[_Report | None]] = {}
-        """Per attempt, the reports its reporter thread has yet to send (None: no more)."""
-        self._reporters: list[threading.Thread] = []
+        self._outbox: list[_Report] = []
+        """Reports the reporter thread has yet to send, in the order they were queued."""
+        self._queued = threading.Event()
+        self._reporter: threading.Thread | None = None
+        self._failures_of_reports = 0
+        """Batches in a row that came back with a report the controller failed on."""
+        self._batches = True
+        """False once the controller turned out to have no batch report route (older version)."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._draining = threading.Event()
@@ -131,9 +140,8 @@ class Worker:
             self._finish_drain()
         finally:
             self._stopping.set()
-            end = time.monotonic() + 5
-            for reporter in list(self._reporters):
-                reporter.join(timeout=max(end - time.monotonic(), 0.0))
+            if self._reporter is not None:
+                self._reporter.join(timeout=5)
 
     def drain(self) -> None:
         """Stop taking work; running jobs get `drain_grace_seconds`, then are handed back.
@@ -200,10 +208,9 @@ class Worker:
         self._pause(max(self.interval - (self.clock() - began), 0.0), until)
 
     def _backoff(self) -> float:
-        """Jittered exponential backoff capped at the heartbeat interval."""
+        """The pause after a failed heartbeat (one more failure in a row)."""
         self._failures += 1
-        ceiling = min(self.interval, 0.1 * (2 ** min(self._failures, 10)))
-        return random.uniform(ceiling / 2, ceiling)
+        return self._jitter(self._failures)
 
     def _pause(self, seconds: float, until: float | None = None) -> None:
         if until is not None:
@@ -263,7 +270,7 @@ class Worker:
             if execution.killed_for != "cancel":
                 self.unreported.add(key)
         if execution.killed_for == "cancel":
-            self._send(None, key)  # fenced: nothing more to say about it
+            pass  # fenced: nothing more to say about it
         elif execution.killed_for == "drain":
             self._send(_Report(key[0], key[1], "released", message="handed back by a draining worker",
                                log_tail=execution.tail.text()))
@@ -292,78 +299,130 @@ class Worker:
 
     # --- reports -------------------------------------------------------------------------------
 
-    def _send(self, report: _Report | None, key: Key | None = None) -> None:
-        """Queue a report (None: the attempt's last word) for the attempt's own reporter thread."""
-        key = key if report is None else (report.job, report.attempt)
-        assert key is not None
+    def _send(self, report: _Report) -> None:
+        """Queue a report for the reporter thread (started with the first one)."""
         with self._lock:
-            outbox = self._outboxes.get(key)
-            if outbox is None:
-                if report is None:
-                    return
-                outbox = self._outboxes[key] = queue.Queue()
-                reporter = threading.Thread(target=self._report_loop, args=(key, outbox),
-                                            name=f"report-{key[0]}-{key[1]}", daemon=True)
-                self._reporters = [t for t in self._reporters if t.is_alive()] + [reporter]
-                reporter.start()
-        outbox.put(report)
+            self._outbox.append(report)
+            if self._reporter is None:
+                self._reporter = threading.Thread(target=self._report_loop, name="reporter", daemon=True)
+                self._reporter.start()
+        self._queued.set()
 
-    def _report_loop(self, key: Key, outbox: queue.Queue[_Report | None]) -> None:
-        try:
-            while not self._stopping.is_set():
-                report = outbox.get()
-                if report is not None and not report.final:
-                    try:
-                        following = outbox.get_nowait()
-                    except queue.Empty:
-                        pass
-                    else:
-                        # The job ended before its `running` report went out (a short job, a busy
-                        # machine). `completed` says it ran too (the controller records both steps):
-                        # one request instead of two. A failure keeps both, so that the attempt
-                        # shows it started (a failed start is reported without `running`).
-                        if following is not None and following.state != "completed" \
-                                and not self._deliver(report):
-                            return
-                        report = following
-                if report is None or not self._deliver(report) or report.final:
-                    return
-        finally:
-            with self._lock:
-                self._outboxes.pop(key, None)
+    def _take_reports(self) -> list[_Report]:
+        """The queued reports (at most `REPORTS_PER_REQUEST`), a `running` folded into its end.
 
-    def _deliver(self, report: _Report) -> bool:
-        """Send one report until the controller answers; False when the attempt is no longer ours."""
-        key: Key = (report.job, report.attempt)
+        A job that ended before its `running` report went out (a short job, a busy
+        machine): `completed` says it ran too (the controller records both steps). A
+        failure keeps both, so that the attempt shows it started (a failed start is
+        reported without `running`).
+        """
+        with self._lock:
+            batch = self._outbox[:REPORTS_PER_REQUEST]
+            del self._outbox[:REPORTS_PER_REQUEST]
+            if not self._outbox:
+                self._queued.clear()
+        completed = {(r.job, r.attempt) for r in batch if r.state == "completed"}
+        return [r for r in batch if r.final or (r.job, r.attempt) not in completed]
+
+    def _report_loop(self) -> None:
+        while not self._stopping.is_set():
+            if not self._queued.wait(0.5):
+                continue
+            batch = self._take_reports()
+            if batch:
+                self._deliver(batch)
+
+    def _deliver(self, batch: list[_Report]) -> None:
+        """Send reports until the controller answers them; then act on each outcome.
+
+        A report the controller failed on (`InternalError`, where the single route
+        answers 500) goes back to the head of the queue after a pause, as a failed
+        request would, without holding back the others of its batch.
+        """
         failures = 0
-        accepted = True
         while True:
             try:
-                self.client.report(report.job, report.attempt, report.state,  # type: ignore[arg-type]
-                                   exit_code=report.exit_code, message=report.message,
-                                   log_tail=report.log_tail, reason=report.reason)
+                outcomes = self._exchange(batch)
                 break
             except ApiError as exc:
-                if exc.status == 409:
-                    # Fenced: the attempt is no longer ours. Stop it if it still runs.
-                    log.info("[Worker] %s attempt %d is stale: %s", report.job, report.attempt, exc.message)
-                    self._stop_attempt(key, "cancel")
-                    accepted = False
-                    break
                 if exc.status and exc.status != 429 and exc.status < 500:
-                    log.error("[Worker] report of %s attempt %d refused: %s", report.job, report.attempt, exc)
-                    accepted = False
+                    for r in batch:
+                        log.error("[Worker] report of %s attempt %d refused: %s", r.job, r.attempt, exc)
+                    outcomes = [exc.code] * len(batch)
                     break
                 failures += 1
-                ceiling = min(self.interval, 0.1 * (2 ** min(failures, 10)))
-                if self._stopping.wait(random.uniform(ceiling / 2, ceiling)):
-                    return False
-        if report.final:
+                if self._stopping.wait(self._jitter(failures)):
+                    return
+        again: list[_Report] = []
+        freed = False
+        for report, error in zip(batch, outcomes, strict=True):
+            key: Key = (report.job, report.attempt)
+            if error == "InternalError":
+                again.append(report)
+                continue
+            if error == "StaleAttempt":
+                # Fenced: the attempt is no longer ours. Stop it if it still runs.
+                log.info("[Worker] %s attempt %d is stale", report.job, report.attempt)
+                self._stop_attempt(key, "cancel")
+            if report.final:
+                with self._lock:
+                    self.unreported.discard(key)
+                self.stats[report.state if error is None else "fenced"] += 1
+                freed = True
+        if freed:
+            self._wake.set()  # the slots are free on the controller's side too: beat for more
+        if again:
+            self._failures_of_reports += 1
+            if self._stopping.wait(self._jitter(self._failures_of_reports)):
+                return
             with self._lock:
-                self.unreported.discard(key)
-            self.stats[report.state if accepted else "fenced"] += 1
-            self._wake.set()  # the slot is free on the controller's side too: beat for more
-        return accepted
+                self._outbox[:0] = again
+            self._queued.set()
+        else:
+            self._failures_of_reports = 0
+
+    def _jitter(self, failures: int) -> float:
+        """A jittered exponential pause capped at the heartbeat interval."""
+        ceiling = min(self.interval, 0.1 * (2 ** min(failures, 10)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _exchange(self, batch: list[_Report]) -> list[str | None]:
+        """Send the batch; per report, None when accepted, else the error code it got."""
+        if self._batches:
+            items = [attempt_report(r.job, r.attempt, r.state, r.exit_code,  # type: ignore[arg-type]
+                                    r.message, r.log_tail, None, r.reason) for r in batch]
+            try:
+                reply = self.client.reports(self.settings.name, items)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                log.info("[Worker] the controller has no batch report route: reporting one by one")
+                self._batches = False
+            else:
+                out: list[str | None] = []
+                for report, result in zip(batch, reply["results"], strict=True):
+                    error = result.get("error")
+                    if error is not None and error["code"] != "StaleAttempt":
+                        log.error("[Worker] report of %s attempt %d refused: %s",
+                                  report.job, report.attempt, error["message"])
+                    out.append(None if error is None else error["code"])
+                return out
+        return [self._single(report) for report in batch]
+
+    def _single(self, report: _Report) -> str | None:
+        """One report on the attempt's own route (a controller without the batch route)."""
+        try:
+            self.client.report(report.job, report.attempt, report.state,  # type: ignore[arg-type]
+                               exit_code=report.exit_code, message=report.message,
+                               log_tail=report.log_tail, reason=report.reason)
+        except ApiError as exc:
+            if exc.status == 409:
+                return "StaleAttempt"
+            if exc.status and exc.status != 429 and exc.status < 500:
+                log.error("[Worker] report of %s attempt %d refused: %s", report.job, report.attempt, exc)
+                return exc.code
+            raise  # the whole batch again: the reports already applied are idempotent
+        return None
 
     # --- draining ------------------------------------------------------------------------------
 

@@ -76,3 +76,43 @@ def test_reports_answer_the_same_both_ways_and_a_stale_one_is_audited_once(api: 
     assert lane == route and lane[0] == 403
     done = api.client.post("/jobs/b-22/attempts/1", json={"state": "completed", "exitCode": 0}, headers=worker)
     assert done.json() == {"job": "b-22", "attempt": 1, "status": "completed", "applied": True}
+
+
+def test_batched_reports_answer_the_same_both_ways_one_result_each(api: Any) -> None:
+    admin = api.headers()
+    api.client.post("/apply", content=SCENARIO + JOBS, headers={**admin, "Content-Type": "application/yaml"})
+    worker = api.headers("worker", node="w1")
+    api.client.post("/nodes/w1/heartbeat", json={"slots": 2, "running": []}, headers=worker)
+    before = stale_rows(api)
+    batch = {"reports": [
+        {"job": "a-1", "attempt": 1, "state": "running"},
+        {"job": "b-22", "attempt": 12, "state": "completed", "exitCode": 0},  # stale
+        {"job": "nope", "attempt": 1, "state": "running"},
+        {"job": "a-1", "attempt": 1, "state": "completed", "exitCode": 0, "logTail": "done\n"},
+    ]}
+    lane = api.client.post("/nodes/w1/reports", json=batch, headers=worker)
+    assert lane.status_code == 200
+    results = lane.json()["results"]
+    assert [(r["job"], r["attempt"], r["status"], r["applied"]) for r in results] == [
+        ("a-1", 1, "running", True), ("b-22", 12, None, False), ("nope", 1, None, False),
+        ("a-1", 1, "completed", True)]
+    assert [r["error"] and r["error"]["code"] for r in results] == [None, "StaleAttempt", "NotFound", None]
+    assert stale_rows(api) == before + 1
+    # Again, through the lane and through FastAPI's route: nothing new applies, same answers.
+    lane, route = both(api, "/nodes/w1/reports", batch, worker, "?via=route")
+    assert lane[0] == route[0] == 200 and lane[1] == route[1]
+    assert [r["applied"] for r in lane[1]["results"]] == [False, False, False, False]
+    assert stale_rows(api) == before + 3
+    for body in ({"reports": []}, {"reports": [{"job": "a-1", "attempt": 0, "state": "running"}]},
+                 {"reports": [{"job": "a-1", "attempt": 1, "state": "running", "node": "w1"}]},
+                 {"reports": [{"job": "a-1", "attempt": 1, "state": "running"}] * 257}):
+        lane, route = both(api, "/nodes/w1/reports", body, worker, "?via=route")
+        assert lane == route and lane[0] == 422, body
+    other, viewer = api.headers("worker", node="w9"), api.headers("viewer")
+    for headers in (other, viewer):
+        lane, route = both(api, "/nodes/w1/reports", batch, headers, "?via=route")
+        assert lane[0] == route[0] == 403
+        assert lane[1]["error"]["code"] == route[1]["error"]["code"] == "Forbidden"
+    # A worker of another node may not report this node's attempts through its own path either.
+    mine = api.client.post("/nodes/w9/reports", json=batch, headers=other).json()["results"]
+    assert [r["error"] and r["error"]["code"] for r in mine] == ["Forbidden", "StaleAttempt", "NotFound", "Forbidden"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from controller.client import ApiError
+from controller.client import ApiError, attempt_report
 from controller.worker.wire import WorkerClient
 
 
@@ -86,6 +86,22 @@ def test_heartbeat_and_report_send_what_the_route_expects(server: Recorder) -> N
     assert report["path"] == "/jobs/j1/attempts/2"
     assert report["body"] == {"state": "completed", "exitCode": 0, "logTail": "ok\n"}
     assert len(server.connections) == 1  # one kept-alive connection for both
+
+
+def test_reports_send_one_batch_in_order(server: Recorder) -> None:
+    answer = {"results": [{"job": "j1", "attempt": 2, "status": "completed", "applied": True, "error": None},
+                          {"job": "j 2", "attempt": 1, "status": None, "applied": False,
+                           "error": {"code": "StaleAttempt", "message": "not current"}}]}
+    server.answers = [(200, {}, json.dumps(answer).encode())]
+    with WorkerClient(server.url, "ffr_secret") as client:
+        reply = client.reports("w-1", [attempt_report("j1", 2, "completed", exit_code=0, log_tail="ok\n"),
+                                       attempt_report("j 2", 1, "failed", exit_code=3, reason="DeadlineExceeded")])
+    assert reply == answer
+    (request,) = server.requests
+    assert request["path"] == "/nodes/w-1/reports"
+    assert request["body"] == {"reports": [
+        {"job": "j1", "attempt": 2, "state": "completed", "exitCode": 0, "logTail": "ok\n"},
+        {"job": "j 2", "attempt": 1, "state": "failed", "exitCode": 3, "reason": "DeadlineExceeded"}]}
 
 
 def test_error_answers_become_api_errors_with_code_and_retry_after(server: Recorder) -> None:
