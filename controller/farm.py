@@ -29,7 +29,7 @@ from controller.store import queries, views
 from controller.store.audit import write_audit
 from controller.store.engine import Store
 from controller.store.group import GroupCommit, Written
-from controller.store.prepared import Prepared
+from controller.store.prepared import Prepared, connection_of
 from controller.store.queries import scenarios_t
 from controller.store.timeouts import expected_seconds
 from controller.store.transitions import (
@@ -485,7 +485,7 @@ class Farm:
             values["slots"] = slots
             values["updated_at"] = at
         if len(values) == 1:  # the common beat: only its time changes
-            _BEAT.execute(session.connection(), at=at, id=row.id)
+            _BEAT.execute(connection_of(session), at=at, id=row.id)
         else:
             session.execute(sa.update(nodes_t).where(nodes_t.c.id == row.id).values(**values))
 
@@ -538,7 +538,7 @@ class Farm:
     def _assignments(
         self, session: Session, node_id: int, held: set[tuple[str, int]] | None
     ) -> list[Assignment]:
-        rows = _ASSIGNED_TO.rows(session.connection(), node_id=node_id)
+        rows = _ASSIGNED_TO.rows(connection_of(session), node_id=node_id)
         pending = [r for r in rows if held is None or (r.name, r.attempt) not in held]
         if not pending:
             return []
@@ -682,7 +682,7 @@ class Farm:
     @staticmethod
     def _started_before(session: Session, row: Any) -> bool:
         """True when an earlier attempt of the job already started running."""
-        found = _STARTED_BEFORE.first(session.connection(), job_id=row.id, attempt=row.attempt)
+        found = _STARTED_BEFORE.first(connection_of(session), job_id=row.id, attempt=row.attempt)
         return bool(found is not None and found[0])
 
     def _report_transitions(
@@ -730,7 +730,7 @@ class Farm:
     def _running_deadline(self, session: Session, row: Any, at: datetime) -> datetime | None:
         scenario = None
         if row.expected_duration_seconds is None:
-            scenario = _SCENARIO_EXPECTED.first(session.connection(), name=row.scenario_name)
+            scenario = _SCENARIO_EXPECTED.first(connection_of(session), name=row.scenario_name)
         expected = expected_seconds(row.expected_duration_seconds,
                                     scenario.expected_duration_seconds if scenario else None)
         return running_timeout_at(at, expected, self.config.fault_tolerance)
@@ -796,7 +796,7 @@ class Farm:
     def _node_name(session: Session, node_id: int | None) -> str | None:
         if node_id is None:
             return None
-        row = _NODE_NAME.first(session.connection(), id=node_id)
+        row = _NODE_NAME.first(connection_of(session), id=node_id)
         return row.name if row is not None else None
 
 
@@ -819,7 +819,7 @@ def _again_on_conflict(work: Callable[[Session], T], node: str) -> Callable[[Ses
     """
 
     def run(session: Session) -> T:
-        cursor = session.connection().connection.cursor()
+        cursor = connection_of(session).connection.cursor()
         try:
             cursor.execute("SAVEPOINT ffrtmp_again")
             try:

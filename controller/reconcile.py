@@ -29,6 +29,7 @@ from controller.manifests.schema import placeholders
 from controller.store import passes, queries
 from controller.store.audit import write_audit
 from controller.store.engine import Store
+from controller.store.prepared import connection_of
 from controller.store.tokens import delete_expired_tokens
 from controller.store.transitions import (
     JobTransition,
@@ -147,7 +148,7 @@ def schedule(
     if not nodes:
         return []
     whole = only_node is None and (
-        session.connection().dialect.name != "postgresql"
+        connection_of(session).dialect.name != "postgresql"
         or len(nodes) == queries.count_schedulable_nodes(session)
     )
     counts = passes.active_counts(session, [n.id for n in nodes] if only_node is not None else None)

@@ -25,6 +25,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import Session
 
+from controller.store.prepared import connection_of
+
 # Values every driver takes as they are: no conversion, not even a function call's worth.
 _AS_IS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
 
@@ -87,7 +89,7 @@ class Converter:
 
 def converter(session: Session) -> Converter:
     """A new converter for the session's dialect."""
-    return Converter(session.connection().dialect.name)
+    return Converter(connection_of(session).dialect.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +122,7 @@ def prepare(
     `key` must name the statement's shape entirely: the same key always builds the
     same statement with the same bind `names`.
     """
-    dialect = session.connection().dialect
+    dialect = connection_of(session).dialect
     cache_key = (dialect.name, key)
     prepared = _PREPARED.get(cache_key)
     if prepared is None:
@@ -156,7 +158,7 @@ def _on_cursor(session: Session, sql: str, params: Sequence[Any]) -> int:
     Not through `Connection.exec_driver_sql`, whose bookkeeping cost more than the
     statement on the one-row writes of the request paths. Returns the rows affected.
     """
-    cursor = session.connection().connection.cursor()
+    cursor = connection_of(session).connection.cursor()
     try:
         if len(params) == 1:
             cursor.execute(sql, params[0])
@@ -208,7 +210,7 @@ def update_rows(
     """
     if not rows:
         return 0
-    dialect = session.connection().dialect
+    dialect = connection_of(session).dialect
     names = (*(f"v_{c}" for c in columns), *(f"w_{w}" for w in where))
     # One statement over arrays changes a row once even if two entries name it (same first
     # where-value), where one statement per entry could change it twice: such batches keep
@@ -243,7 +245,7 @@ def insert_rows(
     """INSERT rows given as driver values in `columns` order (see `Converter`)."""
     if not rows:
         return 0
-    dialect = session.connection().dialect
+    dialect = connection_of(session).dialect
     if dialect.name == "postgresql" and len(rows) > 1:
         key = ("insert-arrays", table.name, columns)
         statement = _PREPARED.get((dialect.name, key))

@@ -16,7 +16,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import Session
 
 from controller.domain.states import NodeStatus
-from controller.store.prepared import Prepared
+from controller.store.prepared import Prepared, connection_of
 from controller.store.queries import IS_ACTIVE, IS_PENDING
 from controller.store.transitions import jobs_t, nodes_t
 
@@ -55,7 +55,7 @@ def idle_beat(
     False leaves the caller to do the full heartbeat in the same transaction (the
     beat may already be recorded: recording it again is harmless).
     """
-    connection = session.connection()
+    connection = connection_of(session)
     row = _BEAT.first(connection, name=name, at=at)
     if row is None:
         return False  # unknown (registers) or not ready (revives): the full path

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from controller.domain.states import JobStatus, NodeStatus, Priority
-from controller.store.prepared import Prepared
+from controller.store.prepared import Prepared, connection_of
 from controller.store.queries import IS_ACTIVE, PendingJob
 from controller.store.transitions import jobs_t, nodes_t
 
@@ -89,7 +89,7 @@ def eligible_run(
     Eligible: not suspended and past any `notBefore`. Read lazily in keyset batches
     along the queue index; with `lock`, the rows are locked (SKIP LOCKED) on PostgreSQL.
     """
-    connection = session.connection()
+    connection = connection_of(session)
     rank = priority.rank
     rows = _eligible(False, lock, batch).rows(connection, rank=rank, now=now)
     while True:
@@ -146,7 +146,7 @@ def schedulable_nodes(
     statement = _schedulable(only is not None, lock, skip_locked)
     values = {"only": only} if only is not None else {}
     nodes = []
-    for node_id, name, slots, declared, reported in statement.tuples(session.connection(), **values):
+    for node_id, name, slots, declared, reported in statement.tuples(connection_of(session), **values):
         labels = json_value(reported) or {}
         declared_labels = json_value(declared)
         if declared_labels:
@@ -177,9 +177,9 @@ def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> di
     SQLAlchemy's result rows cost four times the query.
     """
     if node_ids is None:
-        return dict(_ACTIVE_COUNTS.tuples(session.connection()))
+        return dict(_ACTIVE_COUNTS.tuples(connection_of(session)))
     if len(node_ids) == 1:  # the heartbeat path
-        return dict(_ACTIVE_COUNT.tuples(session.connection(), node_id=node_ids[0]))
+        return dict(_ACTIVE_COUNT.tuples(connection_of(session), node_id=node_ids[0]))
     statement = (
         sa.select(jobs_t.c.node_id, sa.func.count())
         .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None), jobs_t.c.node_id.in_(list(node_ids)))

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from controller.domain.states import JobStatus, NodeStatus, Priority
 from controller.store.models import Scenario
-from controller.store.prepared import Prepared
+from controller.store.prepared import Prepared, connection_of
 from controller.store.transitions import attempts_t, jobs_t, nodes_t
 
 scenarios_t: sa.Table = Scenario.__table__  # type: ignore[attr-defined]
@@ -134,7 +134,7 @@ _ANY_PENDING = Prepared(lambda _: sa.select(jobs_t.c.id).where(IS_PENDING).limit
 
 def any_pending(session: Session) -> bool:
     """True when at least one job is pending (a probe of the queue index)."""
-    return _ANY_PENDING.first(session.connection()) is not None
+    return _ANY_PENDING.first(connection_of(session)) is not None
 
 
 def jobs_on_lost_nodes(session: Session) -> list[ActiveJob]:
@@ -185,12 +185,12 @@ _ACTIVE_ON_NODE = Prepared(lambda _: (
 
 def node_has_active_jobs(session: Session, node_id: int) -> bool:
     """True when some job is assigned to or running on the node (a probe of `idx_jobs_node_status`)."""
-    return _NODE_HAS_ACTIVE.first(session.connection(), node_id=node_id) is not None
+    return _NODE_HAS_ACTIVE.first(connection_of(session), node_id=node_id) is not None
 
 
 def active_jobs_on_node(session: Session, node_id: int) -> list[ActiveJob]:
     """Assigned and running jobs bound to one node."""
-    return [_active(r) for r in _ACTIVE_ON_NODE.rows(session.connection(), node_id=node_id)]
+    return [_active(r) for r in _ACTIVE_ON_NODE.rows(connection_of(session), node_id=node_id)]
 
 
 def _scenario_columns() -> sa.Select[Any]:
@@ -209,7 +209,7 @@ _SCENARIOS = Prepared(lambda _: _scenario_columns())
 
 def scenarios_by_name(session: Session, names: Sequence[str] | None = None) -> dict[str, ScenarioInfo]:
     """Scenarios by name (all of them, or the given names)."""
-    connection = session.connection()
+    connection = connection_of(session)
     if names is None:
         rows = _SCENARIOS.rows(connection)
     elif len(names) == 1:  # a heartbeat's assignments: usually of one scenario
@@ -257,7 +257,7 @@ def set_job_reasons(
 
 def attempt_row(session: Session, job_id: int, attempt: int) -> Any:
     """The history row of one attempt, or None."""
-    return _ATTEMPT_ROW.first(session.connection(), job_id=job_id, attempt=attempt)
+    return _ATTEMPT_ROW.first(connection_of(session), job_id=job_id, attempt=attempt)
 
 
 _ATTEMPT_ROW = Prepared(lambda _: sa.select(attempts_t).where(
@@ -277,9 +277,9 @@ _JOB_BY_NAME = {lock: _by_name(jobs_t, lock) for lock in (False, True)}
 
 def node_by_name(session: Session, name: str, lock: bool = False) -> Any:
     """The node row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
-    return _NODE_BY_NAME[lock].first(session.connection(), name=name)
+    return _NODE_BY_NAME[lock].first(connection_of(session), name=name)
 
 
 def job_by_name(session: Session, name: str, lock: bool = False) -> Any:
     """The job row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
-    return _JOB_BY_NAME[lock].first(session.connection(), name=name)
+    return _JOB_BY_NAME[lock].first(connection_of(session), name=name)

@@ -32,6 +32,7 @@ from controller.domain.states import (
 from controller.store.audit import write_audit_many, write_audit_rows
 from controller.store.bulk import Converter, converter, insert_rows, update_rows
 from controller.store.models import Job, JobAttempt, Node
+from controller.store.prepared import connection_of
 
 jobs_t: sa.Table = Job.__table__  # type: ignore[attr-defined]
 attempts_t: sa.Table = JobAttempt.__table__  # type: ignore[attr-defined]
@@ -149,7 +150,7 @@ def _update_guarded(
     what: str,
 ) -> None:
     """Run an UPDATE for every row and insist that each matched exactly one row."""
-    if session.connection().dialect.supports_sane_multi_rowcount:
+    if connection_of(session).dialect.supports_sane_multi_rowcount:
         changed = update_rows(session, table, where, columns, rows)
         if changed != len(rows):
             raise ConcurrentChange(f"{what}: {len(rows) - changed} rows changed concurrently")
