@@ -241,8 +241,8 @@ async def reports(name: ObjectName, body: ReportsIn, ctx: Ctx, principal: Worker
     Each report is fenced and idempotent on its own; one refused (stale: `StaleAttempt`,
     unknown job: `NotFound`, another node's attempt: `Forbidden`; `InternalError`, a bug,
     where the single route answers 500) is answered in its result and changes nothing,
-    the others still apply. A worker sends here what
-    finished while its previous request was on the way: one request for many jobs.
+    the others still apply. A worker sends here what finished while its previous
+    request was on the way: one request for many jobs.
     """
     return await answer_reports(ctx, name, body, principal)
 
@@ -295,7 +295,7 @@ async def _write_reports(
             continue
         try:
             out.append(await run_in_threadpool(partial(ctx.farm.report, job, attempt, body.state, **fields)))
-        except FarmError as exc:
+        except Exception as exc:  # answered for this report alone, as the batched path does
             out.append(exc)
     return out
 

@@ -269,12 +269,11 @@ class Worker:
             self.executions.pop(key, None)
             if execution.killed_for != "cancel":
                 self.unreported.add(key)
-        if execution.killed_for == "cancel":
-            pass  # fenced: nothing more to say about it
-        elif execution.killed_for == "drain":
+        # A fenced attempt (cancel) is no longer ours: nothing more to say about it.
+        if execution.killed_for == "drain":
             self._send(_Report(key[0], key[1], "released", message="handed back by a draining worker",
                                log_tail=execution.tail.text()))
-        else:
+        elif execution.killed_for != "cancel":
             self._send(_Report(key[0], key[1], outcome.state, outcome.exit_code, outcome.message,
                                execution.tail.text(), outcome.reason))
         self._wake.set()
