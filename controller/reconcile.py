@@ -151,7 +151,7 @@ def schedule(
         connection_of(session).dialect.name != "postgresql"
         or len(nodes) == queries.count_schedulable_nodes(session)
     )
-    counts = passes.active_counts(session, [n.id for n in nodes] if only_node is not None else None)
+    counts = queries.active_counts(session, [n.id for n in nodes] if only_node is not None else None)
     placement = Placement.of(
         FreeNode(n.name, max(n.slots - counts.get(n.id, 0), 0), n.labels) for n in nodes
     )

@@ -10,7 +10,7 @@ common empty object costs nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -20,7 +20,7 @@ from sqlmodel import Session
 
 from controller.domain.states import JobStatus, NodeStatus, Priority
 from controller.store.prepared import Prepared, connection_of
-from controller.store.queries import IS_ACTIVE, PendingJob
+from controller.store.queries import PendingJob
 from controller.store.transitions import jobs_t, nodes_t
 
 _EMPTY_OBJECT = "{}"
@@ -153,36 +153,3 @@ def schedulable_nodes(
             labels = {**labels, **declared_labels}
         nodes.append(SchedulableNode(node_id, name, slots, labels))
     return nodes
-
-
-_ACTIVE_COUNTS = Prepared(lambda _: (
-    sa.select(jobs_t.c.node_id, sa.func.count())
-    .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None))
-    .group_by(jobs_t.c.node_id)
-))
-_ACTIVE_COUNT = Prepared(lambda _: (
-    sa.select(jobs_t.c.node_id, sa.func.count())
-    .where(IS_ACTIVE, jobs_t.c.node_id == sa.bindparam("node_id"))
-    .group_by(jobs_t.c.node_id)
-))
-
-
-def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> dict[int, int]:
-    """Assigned plus running jobs per node id (of the given nodes, or of every node).
-
-    The statuses are literals: with bound parameters SQLite cannot tell that few jobs
-    are active, and counts by scanning all of `idx_jobs_node_status` (every job ever
-    bound to a node: 1M entries, 0.1 to 0.3 s) instead of looking up the active ones.
-    Every node's count (the pass: 10,000 rows) is read on the driver's cursor, where
-    SQLAlchemy's result rows cost four times the query.
-    """
-    if node_ids is None:
-        return dict(_ACTIVE_COUNTS.tuples(connection_of(session)))
-    if len(node_ids) == 1:  # the heartbeat path
-        return dict(_ACTIVE_COUNT.tuples(connection_of(session), node_id=node_ids[0]))
-    statement = (
-        sa.select(jobs_t.c.node_id, sa.func.count())
-        .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None), jobs_t.c.node_id.in_(list(node_ids)))
-        .group_by(jobs_t.c.node_id)
-    )
-    return {node_id: count for node_id, count in session.execute(statement).all()}

@@ -229,16 +229,37 @@ def count_schedulable_nodes(session: Session) -> int:
     ).scalar_one())
 
 
+_ACTIVE_COUNTS = Prepared(lambda _: (
+    sa.select(jobs_t.c.node_id, sa.func.count())
+    .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None))
+    .group_by(jobs_t.c.node_id)
+))
+_ACTIVE_COUNT = Prepared(lambda _: (
+    sa.select(jobs_t.c.node_id, sa.func.count())
+    .where(IS_ACTIVE, jobs_t.c.node_id == sa.bindparam("node_id"))
+    .group_by(jobs_t.c.node_id)
+))
+
+
 def active_counts(session: Session, node_ids: Sequence[int] | None = None) -> dict[int, int]:
-    """Assigned plus running jobs per node id."""
+    """Assigned plus running jobs per node id (of the given nodes, or of every node).
+
+    The statuses are literals: with bound parameters SQLite cannot tell that few jobs
+    are active, and counts by scanning all of `idx_jobs_node_status` (every job ever
+    bound to a node: 1M entries, 0.1 to 0.3 s) instead of looking up the active ones.
+    Every node's count (the pass: 10,000 rows) is read on the driver's cursor, where
+    SQLAlchemy's result rows cost four times the query.
+    """
+    if node_ids is None:
+        return dict(_ACTIVE_COUNTS.tuples(connection_of(session)))
+    if len(node_ids) == 1:  # the heartbeat path
+        return dict(_ACTIVE_COUNT.tuples(connection_of(session), node_id=node_ids[0]))
     statement = (
         sa.select(jobs_t.c.node_id, sa.func.count())
-        .where(jobs_t.c.status.in_(ACTIVE), jobs_t.c.node_id.is_not(None))
+        .where(IS_ACTIVE, jobs_t.c.node_id.is_not(None), jobs_t.c.node_id.in_(list(node_ids)))
         .group_by(jobs_t.c.node_id)
     )
-    if node_ids is not None:
-        statement = statement.where(jobs_t.c.node_id.in_(list(node_ids)))
-    return {row[0]: row[1] for row in session.execute(statement)}
+    return {node_id: count for node_id, count in session.execute(statement).all()}
 
 
 def set_job_reasons(
