@@ -24,7 +24,7 @@ from controller.domain.policy import retry_or_fail, running_timeout_at
 from controller.domain.states import ACTIVE_JOB_STATUSES, JobStatus, NodeStatus, Priority, Reason
 from controller.manifests.schema import JobManifest, Manifest, PlaceholderError, render_command
 from controller.reconcile import lost_attempt, schedule
-from controller.sources.apply import ObjectResult, Origin, Outcome, apply_objects
+from controller.sources.apply import ObjectResult, Origin, Outcome, apply_objects, create_job
 from controller.store import queries, views
 from controller.store.audit import write_audit
 from controller.store.engine import Store
@@ -230,8 +230,8 @@ class Farm:
 
         def unit(session: Session) -> views.JobView:
             work(session)
-            view = views.get_job(session, job_name, self.config)
-            assert view is not None  # created in this very transaction
+            view = views.get_job(session, job_name, self.config, with_attempts=False)
+            assert view is not None  # created in this very transaction, without attempts
             return view
 
         return self._write_batched(unit, ("job", job_name), self._submitted)
@@ -260,8 +260,7 @@ class Farm:
         def work(session: Session) -> None:
             if queries.job_by_name(session, job_name) is not None:
                 raise Conflict(f"job {job_name!r} already exists")
-            (result,) = apply_objects(session, [manifest], Origin("api", None, client_id), at,
-                                      self.config)
+            result = create_job(session, manifest, Origin("api", None, client_id), at)
             if result.result is Outcome.ERROR:
                 raise InvalidRequest(result.error or "invalid job")
 

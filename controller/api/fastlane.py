@@ -33,8 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controller.api.context import ApiContext
 from controller.api.errors import auth_error_response, error_response
+from controller.api.routes_jobs import answer_submit
 from controller.api.routes_nodes import answer_heartbeat, answer_report, answer_reports
-from controller.api.schemas import INT32, HeartbeatIn, ReportIn, ReportsIn
+from controller.api.schemas import INT32, HeartbeatIn, JobCreate, ReportIn, ReportsIn
 from controller.api.security import PRINCIPAL
 from controller.auth.errors import PermissionDenied
 from controller.auth.roles import Principal
@@ -94,6 +95,10 @@ class WorkerLane:
                 await self._answer(scope, receive, send, ReportsIn,
                                    lambda body: answer_reports(self.ctx, node, body, principal))
                 return
+        elif not query and path == "/jobs":
+            await self._answer(scope, receive, send, JobCreate,
+                               lambda body: answer_submit(self.ctx, body, principal), status=201)
+            return
         elif not query:
             report = _REPORT.match(path)
             if report is not None and len(report["name"]) <= NAME_MAX and int(report["attempt"]) <= INT32:
@@ -116,8 +121,8 @@ class WorkerLane:
         await response(scope, receive, send)
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, model: type[M],
-                      answer: Callable[[M], Awaitable[BaseModel]]) -> None:
-        """Parse a report's (or reports') body with `model` and answer it with `answer`."""
+                      answer: Callable[[M], Awaitable[BaseModel]], status: int = 200) -> None:
+        """Parse the body with `model` and answer it with `answer` (`status` when it succeeds)."""
         body, messages = await self._read(receive)
         try:
             parsed = model.model_validate_json(body)
@@ -128,7 +133,7 @@ class WorkerLane:
         response: Response
         try:
             out = await answer(parsed)
-            response = Response(out.model_dump_json(), media_type="application/json")
+            response = Response(out.model_dump_json(), status, media_type="application/json")
         except FarmError as exc:
             response = error_response(exc.status_code, str(exc), exc.code)
         except PermissionDenied as exc:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from controller.api.context import Ctx, Cursor, Limit, ObjectName, decode_cursor, encode_cursor
+from controller.api.context import ApiContext, Ctx, Cursor, Limit, ObjectName, decode_cursor, encode_cursor
 from controller.api.errors import ApiProblem
 from controller.api.schemas import ErrorBody, JobCreate, JobLogs, JobOut, Page, storable
 from controller.api.security import require
@@ -42,6 +42,12 @@ def _job(ctx: Ctx, name: str) -> JobOut:
 )
 async def submit_job(body: JobCreate, ctx: Ctx, principal: Writer) -> JobOut:
     """Create a job from fields (object source `api`)."""
+    return await answer_submit(ctx, body, principal)
+
+
+async def answer_submit(ctx: ApiContext, body: JobCreate, principal: Principal) -> JobOut:
+    """The submit route's work, once its request is parsed (also `controller.api.fastlane`)."""
+    principal.require(Permission.WRITE_JOBS)
     fields: dict[str, Any] = {"spec": body.spec_fields(), "labels": body.labels,
                               "client_id": principal.client_id}
     # Written with other requests' writes in one transaction (group commit), answered once

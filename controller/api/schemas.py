@@ -26,36 +26,79 @@ MAX_DEPTH = 32
 T = TypeVar("T")
 
 
-def storable(value: Any, depth: int = 0) -> str | None:
-    """Why `value` (decoded JSON) cannot be stored, or None when it can."""
-    if depth > MAX_DEPTH:
-        return "nested too deeply"
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "strings must not contain NUL characters"
+_TOO_DEEP = "nested too deeply"
+_NUL = "strings must not contain NUL characters"
+_SURROGATE = "strings must be valid Unicode (no lone surrogates)"
+_TOO_BIG = "integers must fit in 64 bits"
+_NOT_FINITE = "numbers must be finite"
+
+
+def _text(value: str) -> str | None:
+    if "\x00" in value:
+        return _NUL
+    if not value.isascii():
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            return "strings must be valid Unicode (no lone surrogates)"
+            return _SURROGATE
+    return None
+
+
+def storable(value: Any, depth: int = 0) -> str | None:
+    """Why `value` (decoded JSON) cannot be stored, or None when it can.
+
+    Every request body and every `POST /apply` item goes through here: the strings,
+    integers and booleans of a container, most of what a body holds, are judged in its
+    loop, without a call each (a clean ASCII string costs two C scans).
+    """
+    if depth > MAX_DEPTH:
+        return _TOO_DEEP
+    kind = type(value)
+    if kind is dict:
+        if depth == MAX_DEPTH:
+            return _TOO_DEEP if value else None  # its keys are one level deeper
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key or not key.isascii():
+                problem = storable(key, depth + 1)
+                if problem:
+                    return problem
+            problem = _item(item, depth + 1)
+            if problem:
+                return problem
         return None
+    if kind is list:
+        if depth == MAX_DEPTH:
+            return _TOO_DEEP if value else None
+        for item in value:
+            problem = _item(item, depth + 1)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int):
-        return None if -MAX_INT - 1 <= value <= MAX_INT else "integers must fit in 64 bits"
+        return None if -MAX_INT - 1 <= value <= MAX_INT else _TOO_BIG
     if isinstance(value, float):
-        return None if math.isfinite(value) else "numbers must be finite"
+        return None if math.isfinite(value) else _NOT_FINITE
     if isinstance(value, dict):
-        for key, item in value.items():
-            problem = storable(key, depth + 1) or storable(item, depth + 1)
-            if problem:
-                return problem
-        return None
+        return storable(dict(value), depth)
     if isinstance(value, list | tuple):
-        for item in value:
-            problem = storable(item, depth + 1)
-            if problem:
-                return problem
+        return storable(list(value), depth)
     return None
+
+
+def _item(item: Any, depth: int) -> str | None:
+    """`storable(item, depth)` of a container's item, judged inline when it is plain."""
+    kind = type(item)
+    if kind is str:
+        return None if "\x00" not in item and item.isascii() else _text(item)
+    if kind is int:
+        return None if -MAX_INT - 1 <= item <= MAX_INT else _TOO_BIG
+    if kind is bool or item is None:
+        return None
+    return storable(item, depth)
 
 
 class ApiModel(BaseModel):

@@ -583,13 +583,15 @@ def _json_constant(_: str) -> Any:
 
 
 def _shallow(value: Any, depth: int = 0) -> bool:
-    """True when no value is nested deeper than the careful load allows."""
+    """True when no value of decoded JSON is nested deeper than the careful load allows."""
     if depth > MAX_DEPTH:
         return False
-    if isinstance(value, dict):
-        return all(_shallow(v, depth + 1) for v in value.values() if isinstance(v, dict | list))
-    if isinstance(value, list):
-        return all(_shallow(v, depth + 1) for v in value if isinstance(v, dict | list))
+    kind = type(value)
+    items = value.values() if kind is dict else value if kind is list else ()
+    for item in items:
+        inner = type(item)
+        if (inner is dict or inner is list) and not _shallow(item, depth + 1):
+            return False
     return True
 
 

@@ -279,6 +279,17 @@ def _created_job(
     return row, audit
 
 
+def create_job(session: Session, m: JobManifest, origin: Origin, now: datetime) -> ObjectResult:
+    """A Job its caller found new in this transaction (`POST /jobs`): `_apply_jobs`' path for
+    a new job, without looking its name up again."""
+    if (error := _missing_values(m, _templates(session, [m], {}))) is not None:
+        return ObjectResult("Job", m.name, Outcome.ERROR, error, field="spec.parameters")
+    row, audit = _created_job(m, spec_hash(m), origin, now)
+    insert_many(session, jobs_t, [row])
+    write_audit_many(session, [audit])
+    return ObjectResult("Job", m.name, Outcome.CREATED)
+
+
 _PENDING = str(JobStatus.PENDING)
 
 

@@ -45,7 +45,13 @@ def _sqlite_time(value: datetime) -> str:
 # json.dumps's output (the JSON type's on SQLite) without its check for circular
 # references, which costs as much as the encoding of a small audit row: values written
 # here are plain data (decoded JSON, or built by the store), never self-referencing.
-_sqlite_json = json.JSONEncoder(check_circular=False).encode
+_encode_json = json.JSONEncoder(check_circular=False).encode
+
+
+def _sqlite_json(value: dict[str, Any] | list[Any]) -> str:
+    if not value:  # most of a job's labels, selector and exit codes: no encoder call
+        return "{}" if isinstance(value, dict) else "[]"
+    return _encode_json(value)
 
 
 def _postgres_json(value: Any) -> Any:

@@ -116,3 +116,32 @@ def test_batched_reports_answer_the_same_both_ways_one_result_each(api: Any) -> 
     # A worker of another node may not report this node's attempts through its own path either.
     mine = api.client.post("/nodes/w9/reports", json=batch, headers=other).json()["results"]
     assert [r["error"] and r["error"]["code"] for r in mine] == ["Forbidden", "StaleAttempt", "NotFound", "Forbidden"]
+
+
+def test_submissions_answer_the_same_both_ways(api: Any) -> None:
+    admin = api.headers()
+    needs = "---\napiVersion: ffrtmp.io/v1\nkind: Scenario\nmetadata: {name: needs}\nspec: {command: [echo, '{x}']}\n"
+    api.client.post("/apply", content=SCENARIO + needs, headers={**admin, "Content-Type": "application/yaml"})
+    body = {"scenario": "test1", "priority": "high", "parameters": {"n": 1}, "labels": {"team": "a"},
+            "maxRetries": 2, "nodeSelector": {"gpu": "yes"}, "retryPolicy": {"failOnExitCodes": [3]}}
+    lane = api.client.post("/jobs", json={**body, "name": "via-lane"}, headers=admin)
+    route = api.client.post("/jobs?via=route", json={**body, "name": "via-route"}, headers=admin)
+    assert lane.status_code == route.status_code == 201
+    # The answer is the job as it is stored: what GET answers, attempts (none yet) included.
+    assert lane.json() == api.client.get("/jobs/via-lane", headers=admin).json()
+    assert route.json() == api.client.get("/jobs/via-route", headers=admin).json()
+    volatile = {"name", "createdAt", "updatedAt"}
+    assert {k: v for k, v in lane.json().items() if k not in volatile} == \
+        {k: v for k, v in route.json().items() if k not in volatile}
+    cases: list[tuple[Any, dict[str, str], int]] = [
+        ({**body, "name": "via-lane"}, admin, 409),  # exists
+        ({"scenario": "test1", "priority": "urgent"}, admin, 422),
+        ({"scenario": "test1", "bogus": 1}, admin, 422),
+        ([1], admin, 422),
+        ({"scenario": "needs", "name": "x"}, admin, 422),  # no value for {x}
+        ({"scenario": "test1", "name": "x"}, api.headers("viewer"), 403),
+        ({"scenario": "test1", "name": "x"}, api.headers("worker", node="w1"), 403),
+    ]
+    for case, headers, status in cases:
+        lane_answer, route_answer = both(api, "/jobs", case, headers, "?via=route")
+        assert lane_answer == route_answer and lane_answer[0] == status, case
