@@ -112,12 +112,7 @@ def silent_ready_nodes(session: Session, cutoff: datetime) -> list[tuple[int, st
 
     A ready node always has a heartbeat: the heartbeat that made it ready wrote it.
     """
-    rows = session.execute(
-        sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.last_heartbeat).where(
-            nodes_t.c.status == str(NodeStatus.READY), nodes_t.c.last_heartbeat < cutoff
-        )
-    )
-    return [(r.id, r.name, r.last_heartbeat) for r in rows]
+    return [(r.id, r.name, r.last_heartbeat) for r in _SILENT.rows(connection_of(session), cutoff=cutoff)]
 
 
 def count_ready_nodes(session: Session) -> int:
@@ -143,29 +138,37 @@ def jobs_on_lost_nodes(session: Session) -> list[ActiveJob]:
     Driven from the dead nodes (few) into `idx_jobs_node_status`, so the cost does
     not grow with the number of running jobs.
     """
-    on_dead = (
-        sa.select(*_active_columns())
-        .select_from(nodes_t.join(jobs_t, jobs_t.c.node_id == nodes_t.c.id))
-        .where(nodes_t.c.status == str(NodeStatus.DEAD), jobs_t.c.status.in_(ACTIVE))
-    )
-    orphans = (
-        sa.select(*_active_columns())
-        .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
-        .where(jobs_t.c.node_id.is_(None), jobs_t.c.status.in_(ACTIVE))
-    )
-    rows = [*session.execute(on_dead), *session.execute(orphans)]
+    connection = connection_of(session)
+    rows = [*_ON_DEAD_NODES.rows(connection), *_ORPHANS.rows(connection)]
     return sorted((_active(r) for r in rows), key=lambda j: j.id)
 
 
 def timed_out_jobs(session: Session, now: datetime) -> list[ActiveJob]:
     """Assigned or running jobs strictly past their timeout (assign timeout or stall limit)."""
-    statement = (
-        sa.select(*_active_columns())
-        .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
-        .where(IS_ACTIVE, jobs_t.c.timeout_at < now)
-        .order_by(jobs_t.c.id)
-    )
-    return [_active(r) for r in session.execute(statement)]
+    return [_active(r) for r in _TIMED_OUT.rows(connection_of(session), now=now)]
+
+
+# The pass's reads, prepared: every pass runs them, mostly to find nothing (a pass
+# follows every burst of changes), and building them costs more than running them.
+_SILENT = Prepared(lambda _: sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.last_heartbeat).where(
+    sa.text(f"nodes.status = '{NodeStatus.READY}'"),
+    nodes_t.c.last_heartbeat < sa.bindparam("cutoff", type_=nodes_t.c.last_heartbeat.type)))
+_ON_DEAD_NODES = Prepared(lambda _: (
+    sa.select(*_active_columns())
+    .select_from(nodes_t.join(jobs_t, jobs_t.c.node_id == nodes_t.c.id))
+    .where(sa.text(f"nodes.status = '{NodeStatus.DEAD}'"), IS_ACTIVE)
+))
+_ORPHANS = Prepared(lambda _: (
+    sa.select(*_active_columns())
+    .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
+    .where(jobs_t.c.node_id.is_(None), IS_ACTIVE)
+))
+_TIMED_OUT = Prepared(lambda _: (
+    sa.select(*_active_columns())
+    .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
+    .where(IS_ACTIVE, jobs_t.c.timeout_at < sa.bindparam("now", type_=jobs_t.c.timeout_at.type))
+    .order_by(jobs_t.c.id)
+))
 
 
 # The heartbeat path's statements, prepared (see `controller.store.prepared`): a heartbeat

@@ -16,7 +16,7 @@ from sqlmodel import Session
 from controller.config import ControllerConfig
 from controller.domain.states import JobStatus, Priority
 from controller.store.models import AuditLog
-from controller.store.prepared import Prepared
+from controller.store.prepared import Prepared, connection_of
 from controller.store.queries import IS_PENDING, active_counts
 from controller.store.transitions import attempts_t, jobs_t, nodes_t
 
@@ -309,11 +309,14 @@ def list_audit(
 def pending_by_priority(session: Session) -> dict[str, int]:
     """Pending jobs per class, read from the queue's partial index (cheap at any size)."""
     counts = dict.fromkeys((str(p) for p in Priority), 0)
-    for row in session.execute(
-        sa.select(jobs_t.c.priority, sa.func.count()).where(IS_PENDING).group_by(jobs_t.c.priority)
-    ):
-        counts[str(Priority.from_rank(row[0]))] = row[1]
+    for rank, count in _PENDING_BY_RANK.tuples(connection_of(session)):
+        counts[str(Priority.from_rank(rank))] = count
     return counts
+
+
+# After every pass (the queue gauges): prepared once.
+_PENDING_BY_RANK = Prepared(lambda _: sa.select(jobs_t.c.priority, sa.func.count()).where(IS_PENDING)
+                            .group_by(jobs_t.c.priority))
 
 
 def queue_stats(session: Session) -> dict[str, Any]:
