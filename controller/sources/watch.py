@@ -17,7 +17,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
@@ -32,6 +41,11 @@ MAX_DELAY_SECONDS = 0.5
 
 _EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 """Event types that can change a file (reading one, `opened`/`closed_no_write`, cannot)."""
+_PARENT_EVENTS: list[type[FileSystemEvent]] = [
+    DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent]
+"""What the root's parent is watched for: the root appearing, going or being swapped. Not
+writes to its other entries (asked of the kernel too, so that a busy database file next to
+the root, say, does not wake the observer on every write)."""
 
 
 class Watch:
@@ -58,7 +72,8 @@ class Watch:
             observer = Observer()
             parent = self.root.parent
             if parent != self.root and parent.is_dir():
-                observer.schedule(_ParentHandler(self), str(parent), recursive=False)
+                observer.schedule(_ParentHandler(self), str(parent), recursive=False,
+                                  event_filter=_PARENT_EVENTS)
             observer.start()
             self._observer = observer
             self._debounce.start()

@@ -142,6 +142,10 @@ def _finish(unit: _Unit[Any], ok: bool, value: Any) -> tuple[bool, Any]:
     return ok, value
 
 
+Together = Callable[[Session, list[Any]], list[Any]]
+"""Work done for several units in one call: their items in, one result per item out."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Unit(Generic[T]):
     work: Callable[[Session], Any]
@@ -150,6 +154,8 @@ class _Unit(Generic[T]):
     savepoint: bool
     then: Callable[[Any], T] | None
     rescue: Callable[[Exception], T] | None
+    together: Together | None = None
+    item: Any = None
 
 
 class GroupCommit:
@@ -194,8 +200,29 @@ class GroupCommit:
         outcome). None when closed: the caller then runs the work in a transaction of
         its own.
         """
-        written: Written[T] = Written()
-        unit = _Unit(work, key, written, savepoint, then, rescue)
+        return self._queue_unit(_Unit(work, key, Written(), savepoint, then, rescue))
+
+    def submit_together(
+        self,
+        together: Together,
+        item: Any,
+        key: tuple[str, ...] = (),
+        rescue: Callable[[Exception], T] | None = None,
+    ) -> Written[T] | None:
+        """Queue `item` for `together`: the units of one batch with the same function are
+        written by one call of it, `together(session, items)`, where the first of them
+        runs; each unit's outcome is its item's result.
+
+        For many small writes of one kind (idle heartbeats): one statement for all of
+        them instead of one or two each. `together` must raise only when the database
+        fails (it runs without savepoints): the batch is then written one unit at a time,
+        and an item that fails alone gets `rescue(exception)` as its outcome.
+        """
+        return self._queue_unit(_Unit(lambda session: together(session, [item])[0], key, Written(),
+                                      False, None, rescue, together, item))
+
+    def _queue_unit(self, unit: _Unit[T]) -> Written[T] | None:
+        written = unit.written
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -273,8 +300,7 @@ class GroupCommit:
         results: list[tuple[bool, Any]] = []
         try:
             with self.store.write() as session:
-                for unit in batch:
-                    results.append(self._attempt(session, unit))
+                results = self._run_units(session, batch)
         except Exception as exc:
             if len(batch) == 1:
                 self._deliver(batch, [(False, exc)])
@@ -287,6 +313,22 @@ class GroupCommit:
         self.batches += 1
         self.units += len(batch)
         self._deliver(batch, results)
+
+    def _run_units(self, session: Session, batch: list[_Unit[Any]]) -> list[tuple[bool, Any]]:
+        """Every unit's (ok, value), in batch order; units run together at the first one's place."""
+        results: list[tuple[bool, Any]] = []
+        early: dict[int, tuple[bool, Any]] = {}
+        for index, unit in enumerate(batch):
+            if index in early:
+                results.append(early.pop(index))
+            elif unit.together is not None and len(batch) > 1:
+                group = [i for i in range(index, len(batch)) if batch[i].together == unit.together]
+                values = unit.together(session, [batch[i].item for i in group])
+                early.update((i, (True, value)) for i, value in zip(group, values, strict=True))
+                results.append(early.pop(index))
+            else:
+                results.append(self._attempt(session, unit))
+        return results
 
     @staticmethod
     def _attempt(session: Session, unit: _Unit[Any]) -> tuple[bool, Any]:

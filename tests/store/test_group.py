@@ -92,6 +92,51 @@ def test_units_run_in_key_order_within_a_batch(store: Store) -> None:
     writer.close()
 
 
+def test_units_of_one_together_function_run_in_one_call_in_their_place(store: Store) -> None:
+    writer = GroupCommit(store)
+    gate = threading.Event()
+    calls: list[list[str]] = []
+    order: list[str] = []
+
+    def together(session: Session, items: list[str]) -> list[str]:
+        calls.append(list(items))
+        order.append("together")
+        return [item.upper() for item in items]
+
+    held = writer.submit(lambda session: gate.wait(5))
+    units = [writer.submit_together(together, "b", key=("node", "b")),
+             writer.submit(lambda session: order.append("a"), key=("node", "a")),
+             writer.submit_together(together, "c", key=("node", "c")),
+             writer.submit(lambda session: order.append("d"), key=("node", "d"))]
+    gate.set()
+    assert held is not None and held.result(5) is True
+    assert [u.result(5) for u in units if u is not None] == ["B", None, "C", None]
+    assert calls == [["b", "c"]]  # one call, where the first of them runs (key order)
+    assert order == ["a", "together", "d"]
+    writer.close()
+
+
+def test_a_together_call_that_fails_is_retried_one_unit_at_a_time(store: Store) -> None:
+    writer = GroupCommit(store)
+    gate = threading.Event()
+    calls: list[list[str]] = []
+
+    def together(session: Session, items: list[str]) -> list[str]:
+        calls.append(list(items))
+        if "bad" in items:
+            raise RuntimeError("the database failed")
+        return items
+
+    held = writer.submit(lambda session: gate.wait(5))
+    units = [writer.submit_together(together, name, rescue=lambda exc: f"rescued: {exc}")
+             for name in ("ok", "bad", "fine")]
+    gate.set()
+    assert held is not None and held.result(5) is True
+    assert [u.result(5) for u in units if u is not None] == ["ok", "rescued: the database failed", "fine"]
+    assert calls[0] == ["ok", "bad", "fine"] and sorted(map(tuple, calls[1:])) == [("bad",), ("fine",), ("ok",)]
+    writer.close()
+
+
 def test_closed_writer_refuses_and_queued_work_is_finished(store: Store) -> None:
     writer = GroupCommit(store)
     future = writer.submit(insert("last"))
