@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
@@ -88,9 +88,18 @@ def delete_node(
     return Response(status_code=204)
 
 
+@lru_cache(maxsize=16)
+def _nothing_to_do(interval: float) -> bytes:
+    """The answer to most heartbeats, encoded once per interval."""
+    out = HeartbeatOut(assignments=[], cancel=[], heartbeat_interval_seconds=interval)
+    return out.model_dump_json().encode()
+
+
 def _heartbeat_out(reply: HeartbeatReply) -> Response:
     # Serialized here, once: FastAPI would validate the model again before encoding it,
     # on the route every worker calls every few seconds. The schema is still HeartbeatOut.
+    if not reply.assignments and not reply.cancel:
+        return Response(_nothing_to_do(reply.heartbeat_interval_seconds), media_type="application/json")
     out = HeartbeatOut(
         assignments=[AssignmentOut.model_validate(a) for a in reply.assignments],
         cancel=[AttemptRefOut(job=j, attempt=a) for j, a in reply.cancel],
@@ -142,8 +151,6 @@ async def answer_heartbeat(
     principal.require(Permission.WORKER_REPORT, name)
     ctx.metrics.heartbeats.inc()
     running = [(r.job, r.attempt) for r in body.running] if body.running is not None else None
-    full = partial(ctx.farm.heartbeat, name, body.slots, body.labels, running,
-                   client_id=principal.client_id, draining=draining)
     idle = not draining and not running
     interval = ctx.config.nodes.heartbeat_interval_seconds
 
@@ -158,7 +165,8 @@ async def answer_heartbeat(
         written = ctx.farm.heartbeat_batched(name, body.slots, body.labels, running,
                                              client_id=principal.client_id, draining=draining)
         if written is None:
-            return await run_in_threadpool(full)
+            return await run_in_threadpool(partial(ctx.farm.heartbeat, name, body.slots, body.labels, running,
+                                                   client_id=principal.client_id, draining=draining))
         return await written
 
     wait = 0.0 if draining else min(wait_seconds, interval)

@@ -14,7 +14,6 @@ from typing import Any
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from controller.api.errors import auth_error_response
@@ -32,6 +31,14 @@ def _bearer(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not credentials.strip():
         return None
     return credentials.strip()
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The first Authorization header (as `Headers.get` finds it), without building `Headers`."""
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            return str(value.decode("latin-1"))
+    return None
 
 
 class AuthMiddleware:
@@ -60,7 +67,7 @@ class AuthMiddleware:
         elif scope["path"] in self.public_paths:
             state[PRINCIPAL] = None
         else:
-            token = _bearer(Headers(scope=scope).get("authorization"))
+            token = _bearer(_authorization(scope))
             client = scope.get("client")
             address = str(client[0]) if client else "unknown"
             try:

@@ -146,9 +146,9 @@ Together = Callable[[Session, list[Any]], list[Any]]
 """Work done for several units in one call: their items in, one result per item out."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a call per field
 class _Unit(Generic[T]):
-    work: Callable[[Session], Any]
+    work: Callable[[Session], Any] | None  # None: `together` with `item` alone
     key: tuple[str, ...]
     written: Written[T]
     savepoint: bool
@@ -218,8 +218,7 @@ class GroupCommit:
         fails (it runs without savepoints): the batch is then written one unit at a time,
         and an item that fails alone gets `rescue(exception)` as its outcome.
         """
-        return self._queue_unit(_Unit(lambda session: together(session, [item])[0], key, Written(),
-                                      False, None, rescue, together, item))
+        return self._queue_unit(_Unit(None, key, Written(), False, None, rescue, together, item))
 
     def _queue_unit(self, unit: _Unit[T]) -> Written[T] | None:
         written = unit.written
@@ -332,6 +331,9 @@ class GroupCommit:
 
     @staticmethod
     def _attempt(session: Session, unit: _Unit[Any]) -> tuple[bool, Any]:
+        if unit.work is None:
+            assert unit.together is not None
+            return True, unit.together(session, [unit.item])[0]  # as without a savepoint
         if not unit.savepoint:
             return True, unit.work(session)  # an exception fails the batch (see `_commit`)
         # The savepoint on the driver's cursor: the session's nested transaction costs several
