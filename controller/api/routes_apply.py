@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from controller.api.context import ApiContext, Ctx, Cursor, Limit, decode_cursor, encode_cursor
@@ -66,7 +66,7 @@ def _labelled(text: bytes) -> list[tuple[int, str | None, str | None]]:
     return found
 
 
-def _apply(ctx: ApiContext, text: bytes, dry_run: bool, client_id: str) -> JSONResponse:
+def _apply(ctx: ApiContext, text: bytes, dry_run: bool, client_id: str) -> Response:
     report = validate_texts({_BODY: text}, item_lists=True)
     rows: list[tuple[int, ApplyResult | Manifest]] = []
     if report.problems:
@@ -100,11 +100,13 @@ def _apply(ctx: ApiContext, text: bytes, dry_run: bool, client_id: str) -> JSONR
                                    error=outcome.error))
         if outcome.result is Outcome.ERROR and outcome.conflict:
             conflicts.append(f"{outcome.kind}/{outcome.name}: {outcome.error}")
-    dumped = [r.model_dump(by_alias=True) for r in results]
     if conflicts:
+        dumped = [r.model_dump(by_alias=True) for r in results]
         return JSONResponse(error_body("Conflict", "; ".join(conflicts), results=dumped),
                             status_code=409)
-    return JSONResponse(ApplyResponse(results=results, dry_run=dry_run).model_dump(by_alias=True))
+    # Encoded by pydantic in one go (a body holds up to thousands of results).
+    return Response(ApplyResponse(results=results, dry_run=dry_run).model_dump_json(),
+                    media_type="application/json")
 
 
 @router.post(
@@ -124,7 +126,7 @@ async def apply(
     principal: Annotated[Principal, require(Permission.APPLY_MANIFESTS)],
     dry_run: Annotated[bool, Query(alias="dryRun", description="Judge and diff, change nothing.")]
     = False,
-) -> JSONResponse:
+) -> Response:
     """Create or update Scenarios, Nodes and Jobs (object source `api`); a result per object."""
     _media_type(request)
     text = await request.body()
