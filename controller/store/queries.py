@@ -153,15 +153,22 @@ def timed_out_jobs(session: Session, now: datetime) -> list[ActiveJob]:
 _SILENT = Prepared(lambda _: sa.select(nodes_t.c.id, nodes_t.c.name, nodes_t.c.last_heartbeat).where(
     sa.text(f"nodes.status = '{NodeStatus.READY}'"),
     nodes_t.c.last_heartbeat < sa.bindparam("cutoff", type_=nodes_t.c.last_heartbeat.type)))
+# The active statuses as parameters here, not literals: told the values, SQLite's planner
+# reads every active job through `idx_jobs_status` (19,000 of them in the benchmark's
+# database, 9-16 ms) instead of going from the dead nodes (none, mostly) into
+# `idx_jobs_node_status`.
+_ACTIVE_BOUND: list[sa.BindParameter[str]] = [
+    sa.bindparam(f"active_{i}", status) for i, status in enumerate(ACTIVE)]
 _ON_DEAD_NODES = Prepared(lambda _: (
     sa.select(*_active_columns())
     .select_from(nodes_t.join(jobs_t, jobs_t.c.node_id == nodes_t.c.id))
-    .where(sa.text(f"nodes.status = '{NodeStatus.DEAD}'"), IS_ACTIVE)
+    .where(nodes_t.c.status == sa.bindparam("dead", str(NodeStatus.DEAD)),
+           jobs_t.c.status.in_(_ACTIVE_BOUND))
 ))
 _ORPHANS = Prepared(lambda _: (
     sa.select(*_active_columns())
     .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
-    .where(jobs_t.c.node_id.is_(None), IS_ACTIVE)
+    .where(jobs_t.c.node_id.is_(None), jobs_t.c.status.in_(_ACTIVE_BOUND))
 ))
 _TIMED_OUT = Prepared(lambda _: (
     sa.select(*_active_columns())
