@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from sqlmodel import Session
 
 from controller.domain.states import NodeStatus
+from controller.store.bulk import Converter
 from controller.store.prepared import Prepared, connection_of
 from controller.store.queries import IS_ACTIVE, IS_PENDING, any_pending
 from controller.store.transitions import jobs_t, nodes_t
@@ -110,17 +111,11 @@ _BEATS = Prepared(lambda _: _beats_statement())
 _BUSY = Prepared(lambda _: _busy_statement())
 
 
-def _sqlite_time(at: datetime) -> str:
-    # As controller.store.models.UTCDateTime stores it on SQLite (text that sorts by time).
-    if at.tzinfo is None:
-        raise ValueError(f"naive datetime {at!r}: the store only takes aware times")
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
 def idle_beats(session: Session, beats: list[IdleBeat]) -> list[bool]:
     """`idle_beat` for each of `beats` (SQLite), in three statements at most for all of them."""
     connection = connection_of(session)
-    payload = json.dumps([[b.name, _sqlite_time(b.at)] for b in beats])
+    as_stored = Converter("sqlite").value  # times as the JSON text of SQLite's rows holds them
+    payload = json.dumps([[b.name, as_stored(b.at)] for b in beats])
     rows = {row.name: row for row in _BEATS.rows(connection, beats=payload)}
     if not rows:
         return [False] * len(beats)
