@@ -31,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controller.api.asgi import header
 from controller.api.context import ApiContext
 from controller.api.errors import auth_error_response, error_response
 from controller.api.routes_jobs import answer_submit
@@ -48,7 +49,7 @@ log = logging.getLogger("controller.api")
 _HEARTBEAT = re.compile(f"^/nodes/(?P<name>{NAME_PATTERN})/heartbeat$")
 _REPORT = re.compile(f"^/jobs/(?P<name>{NAME_PATTERN})/attempts/(?P<attempt>[1-9][0-9]{{0,9}})$")
 _REPORTS = re.compile(f"^/nodes/(?P<name>{NAME_PATTERN})/reports$")
-_JSON = (b"application/json",)
+_JSON = ("application/json",)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -145,10 +146,8 @@ class WorkerLane:
 
     @staticmethod
     def _json(scope: Scope) -> bool:
-        for key, value in scope.get("headers", ()):
-            if key == b"content-type":
-                return value.split(b";")[0].strip().lower() in _JSON
-        return False
+        media = header(scope, b"content-type")
+        return media is not None and media.split(";")[0].strip().lower() in _JSON
 
     @staticmethod
     async def _read(receive: Receive) -> tuple[bytes, list[Message]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controller.api.asgi import header
 from controller.api.errors import error_response
 
 
@@ -32,7 +33,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = header(scope, b"content-length")
         if declared is not None:
             if not declared.strip().isdigit():
                 await error_response(400, "invalid Content-Length header")(scope, receive, send)
@@ -69,10 +70,3 @@ class BodyLimitMiddleware:
                 raise
             await error_response(413, exc.detail)(scope, receive, send)
 
-
-def _content_length(scope: Scope) -> str | None:
-    """The first Content-Length header (as `Headers.get` finds it), without building `Headers`."""
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            return str(value.decode("latin-1"))
-    return None

@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from controller.api.asgi import header
 from controller.api.errors import auth_error_response
 from controller.auth.errors import InvalidToken, PermissionDenied, RateLimitExceeded
 from controller.auth.manager import AuthManager
@@ -24,21 +25,13 @@ from controller.auth.roles import AUTH_DISABLED, Permission, Principal, role_all
 PRINCIPAL = "principal"
 
 
-def _bearer(header: str | None) -> str | None:
-    if not header:
+def _bearer(authorization: str | None) -> str | None:
+    if not authorization:
         return None
-    scheme, _, credentials = header.partition(" ")
+    scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() != "bearer" or not credentials.strip():
         return None
     return credentials.strip()
-
-
-def _authorization(scope: Scope) -> str | None:
-    """The first Authorization header (as `Headers.get` finds it), without building `Headers`."""
-    for key, value in scope["headers"]:
-        if key == b"authorization":
-            return str(value.decode("latin-1"))
-    return None
 
 
 class AuthMiddleware:
@@ -67,7 +60,7 @@ class AuthMiddleware:
         elif scope["path"] in self.public_paths:
             state[PRINCIPAL] = None
         else:
-            token = _bearer(_authorization(scope))
+            token = _bearer(header(scope, b"authorization"))
             client = scope.get("client")
             address = str(client[0]) if client else "unknown"
             try:

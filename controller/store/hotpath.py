@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ClauseElement
@@ -66,16 +66,24 @@ def idle_beat(
     """
     connection = connection_of(session)
     row = _BEAT.first(connection, name=name, at=at)
-    if row is None:
-        return False  # unknown (registers) or not ready (revives): the full path
-    if row.draining:
-        return False  # it drained before and beats normally again: the full path clears the flag
-    if labels is not None and dict(labels) != row.reported_labels:
-        return False
-    if slots is not None and not row.declared and slots != row.slots:
+    if row is None or not _as_it_was(row, slots, labels):
         return False
     active, pending = _WORK.first(connection, node_id=row.id)
     return not active and (not pending or row.unschedulable)
+
+
+def _as_it_was(row: Any, slots: int | None, labels: Mapping[str, str] | None) -> bool:
+    """The beat of a recorded ready node (`row` of `_BEAT`/`_BEATS`) changes nothing of it.
+
+    A node that drained before and beats normally again goes to the full path, which
+    clears the flag; so do changed labels, and changed slots of a self-registered node.
+    (A missing row: unknown, it registers; not ready, it revives: the full path too.)
+    """
+    if row.draining:
+        return False
+    if labels is not None and dict(labels) != row.reported_labels:
+        return False
+    return slots is None or row.declared or slots == row.slots
 
 
 class IdleBeat(NamedTuple):
@@ -124,10 +132,8 @@ def idle_beats(session: Session, beats: list[IdleBeat]) -> list[bool]:
     settled = []
     for beat in beats:
         row = rows.get(beat.name)
-        if (row is None or row.draining or row.id in busy
-                or (beat.labels is not None and dict(beat.labels) != row.reported_labels)
-                or (beat.slots is not None and not row.declared and beat.slots != row.slots)):
-            settled.append(False)  # as `idle_beat` decides, in the same order
+        if row is None or row.id in busy or not _as_it_was(row, beat.slots, beat.labels):
+            settled.append(False)
             continue
         if not row.unschedulable and pending is None:
             pending = any_pending(session)
