@@ -122,6 +122,8 @@ class Worker:
         self._hurry = threading.Event()
         """A second SIGTERM: end the drain's grace at once."""
         self._failures = 0
+        self.guard = runner.Guard()
+        """Kills the attempts' process groups if this worker dies (started by `run`)."""
         self.stats = {"started": 0, "completed": 0, "failed": 0, "released": 0, "fenced": 0}
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -130,6 +132,7 @@ class Worker:
         """Serve until `drain()` (SIGTERM) has handed everything back or finished it."""
         log.info("[Worker] %s serving %s with %d slot(s), labels %s", self.settings.name,
                  self.client.server, self.settings.slots, self.labels)
+        self.guard.start()
         try:
             while not self._draining.is_set():
                 try:
@@ -142,6 +145,7 @@ class Worker:
             self._stopping.set()
             if self._reporter is not None:
                 self._reporter.join(timeout=5)
+            self.guard.close()
 
     def drain(self) -> None:
         """Stop taking work; running jobs get `drain_grace_seconds`, then are handed back.
@@ -233,7 +237,7 @@ class Worker:
         deadline = assignment.get("activeDeadlineSeconds")
         try:
             execution = runner.start(key[0], key[1], assignment["command"], deadline, self.clock,
-                                     env=self._job_env(key))
+                                     env=self._job_env(key), guard=self.guard)
         except (OSError, ValueError) as exc:
             log.warning("[Worker] cannot start %s attempt %d: %s", key[0], key[1], exc)
             with self._lock:
@@ -259,7 +263,7 @@ class Worker:
         while True:
             timeout = None if execution.deadline is None else max(execution.deadline - self.clock(), 0.0)
             try:
-                execution.process.wait(timeout)
+                execution.wait(timeout)
                 break
             except subprocess.TimeoutExpired:
                 log.info("[Worker] %s attempt %d exceeded its deadline", *key)

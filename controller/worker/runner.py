@@ -6,23 +6,18 @@ children) is killed with it. Output (stdout and stderr, merged) is drained by a
 thread into a bounded tail, so a chatty process never blocks on a full pipe and
 never grows the worker's memory.
 
-On Linux each attempt's leader also gets a parent-death signal (SIGKILL when the
-worker dies), so a worker killed with `kill -9` leaves no orphan behind: the
-controller requeues the attempt, and it must not keep running unsupervised. It is
-set by util-linux's `setpriv --pdeathsig KILL` when installed (cheap: Popen keeps
-using vfork), else by a pre-exec hook. Through setpriv, a worker that dies in the
-instant between starting setpriv and setpriv's prctl leaves that one attempt running
-(the hook checks for it; setpriv cannot).
+Each attempt's group is also listed with the worker's `Guard`, a small process
+that kills the groups still listed when the worker ends, `kill -9` included: the
+controller requeues those attempts, and they must not keep running unsupervised.
+The attempt itself starts as it is (Popen keeps using vfork; no pre-exec hook, no
+launcher program in between).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import functools
+import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +26,9 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+
+log = logging.getLogger("controller.worker")
 
 TAIL_BYTES = 16 * 1024
 """Bytes of output kept per attempt (the end of it), sent with the final report."""
@@ -88,6 +85,17 @@ class Execution:
     killed_for: str | None = None
     """Why we killed it: "cancel", "deadline" or "drain"; None while it runs on its own."""
     _reader: threading.Thread | None = None
+    _guard: Guard | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the attempt's leader to exit (TimeoutExpired after `timeout`); its exit code.
+
+        Once it is reaped, its group is taken off the guard's list.
+        """
+        code = self.process.wait(timeout)
+        if self._guard is not None:
+            self._guard.untrack(self.process.pid)
+        return code
 
     @property
     def pid(self) -> int:
@@ -104,10 +112,10 @@ class Execution:
             self.killed_for = why
         _signal_group(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(grace)
+            self.wait(grace)
         except subprocess.TimeoutExpired:
             _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            self.wait()
         # Children that ignored SIGTERM but outlived the leader.
         _signal_group(self.process.pid, signal.SIGKILL)
 
@@ -125,69 +133,84 @@ class Execution:
         return Outcome("failed", code, None, f"exit code {code}")
 
 
-_PR_SET_PDEATHSIG = 1
+_GUARD = str(Path(__file__).with_name("guard.py"))
 
 
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl on Linux, else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
+class Guard:
+    """The client of this worker's guard process (see `controller.worker.guard`).
 
-
-def _die_with_worker() -> Callable[[], None] | None:
-    """A pre-exec hook making the child get SIGKILL when its parent dies (Linux), or None."""
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the worker died before prctl took effect
-            os._exit(137)
-
-    return hook
-
-
-@functools.cache
-def _setpriv() -> str | None:
-    """util-linux's `setpriv`, when it can set the parent-death signal (Linux), else None.
-
-    Starting the attempt through `setpriv --pdeathsig KILL` gives it the same signal as
-    the pre-exec hook, without one: a pre-exec hook forces `fork` and runs Python in the
-    child (6 ms of CPU per start here), where Popen otherwise uses `vfork` (1.5 ms, and
-    2.7 ms with setpriv's own exec).
+    `track` lists an attempt's process group with the guard, `untrack` takes it off
+    once the worker has reaped the attempt; when the worker ends, however it ends, the
+    guard kills the groups still listed. A guard that died is started again on the next
+    call and told every group listed so far.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    path = shutil.which("setpriv")
-    if path is None:
-        return None
-    try:
-        usage = subprocess.run([path, "--help"], capture_output=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return path if b"--pdeathsig" in usage.stdout else None
 
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: set[int] = set()
+        self._process: subprocess.Popen[bytes] | None = None
 
-def _launcher(command: list[str], env: dict[str, str] | None, cwd: str | None) -> tuple[list[str], Any]:
-    """The argv and pre-exec hook that make the attempt die with the worker."""
-    setpriv = _setpriv()
-    if setpriv is None:
-        return command, _die_with_worker()
-    program = command[0]
-    if os.sep not in program or os.path.isabs(program) or cwd is None:
-        # What Popen would raise for a program that is not there, before anything starts
-        # (through setpriv it would be setpriv's own exit status 127 instead).
-        search = (env if env is not None else os.environ).get("PATH", os.defpath)
-        if shutil.which(program, path=search) is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-    return [setpriv, "--pdeathsig", "KILL", "--", *command], None
+    @property
+    def pid(self) -> int | None:
+        """The guard process's pid, None before it starts."""
+        return self._process.pid if self._process is not None else None
+
+    def start(self) -> None:
+        """Start the guard now (else the first `track` does)."""
+        with self._lock:
+            if self._process is None:
+                self._spawn()
+
+    def track(self, pgid: int) -> None:
+        """List a process group: the guard kills it if this worker ends first."""
+        with self._lock:
+            self._groups.add(pgid)
+            self._send(b"+%d\n" % pgid)
+
+    def untrack(self, pgid: int) -> None:
+        """Take a reaped attempt's group off the list."""
+        with self._lock:
+            if pgid in self._groups:
+                self._groups.discard(pgid)
+                self._send(b"-%d\n" % pgid)
+
+    def close(self) -> None:
+        """End the guard (it kills what is still listed) and wait for it."""
+        with self._lock:
+            process, self._process = self._process, None
+        if process is not None and process.stdin is not None:
+            process.stdin.close()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def _spawn(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "FFRTMP_TOKEN"}
+        # Isolated (-I) and without site (-S): it needs the standard library only.
+        self._process = subprocess.Popen([sys.executable, "-I", "-S", _GUARD], stdin=subprocess.PIPE,
+                                         start_new_session=True, env=env)
+        if self._groups:
+            self._write(b"".join(b"+%d\n" % g for g in sorted(self._groups)))
+
+    def _send(self, line: bytes) -> None:
+        if self._process is None:
+            self._spawn()
+            if line.startswith(b"+"):
+                return  # the new guard was told every listed group, this one included
+        try:
+            self._write(line)
+        except OSError:
+            log.warning("[Worker] the guard of attempts (pid %s) is gone: starting another", self.pid)
+            if self._process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(1)
+            self._spawn()
+
+    def _write(self, data: bytes) -> None:
+        assert self._process is not None and self._process.stdin is not None
+        os.write(self._process.stdin.fileno(), data)  # one write: lines never interleave
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -212,32 +235,34 @@ def start(
     clock: Callable[[], float] = time.monotonic,
     env: dict[str, str] | None = None,
     cwd: str | None = None,
-    die_with_worker: bool = True,
+    guard: Guard | None = None,
 ) -> Execution:
     """Start one attempt in its own process group; OSError if the program can't start.
 
-    With `die_with_worker` (Linux), the attempt is killed when the thread that started
-    it ends: call it from a thread that lives as long as the worker (the agent's loop).
+    With a `guard`, the group is listed with it until `Execution.wait` reaps the attempt.
     """
     if not command:
         raise ValueError("empty command")
-    argv, hook = _launcher(list(command), env, cwd) if die_with_worker else (list(command), None)
     process = subprocess.Popen(  # argv list, no shell: parameters are never interpreted
-        argv,
+        list(command),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
         env=env,
         cwd=cwd,
-        # setpriv, or else the hook (it only calls prctl, async-signal-safe in practice), is
-        # what keeps a `kill -9` of the worker from leaving attempts nobody supervises.
-        preexec_fn=hook,  # noqa: PLW1509
     )
+    if guard is not None:
+        try:
+            guard.track(process.pid)
+        except OSError:  # no guard could be started: the attempt must not run unguarded
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
     now = clock()
     execution = Execution(
         job=job, attempt=attempt, command=list(command), process=process, started=now,
-        deadline=None if deadline_seconds is None else now + deadline_seconds,
+        deadline=None if deadline_seconds is None else now + deadline_seconds, _guard=guard,
     )
     reader = threading.Thread(target=_drain, args=(execution,), name=f"tail-{job}-{attempt}", daemon=True)
     execution._reader = reader

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from controller.worker import runner
+from controller.worker import guard, runner
 
 PY = sys.executable
 
@@ -103,3 +105,80 @@ def test_deadline_outcome() -> None:
 def test_a_missing_program_raises() -> None:
     with pytest.raises(OSError):
         runner.start("j", 1, ["/nonexistent/program"])
+
+
+# --- the guard: a worker's attempts die with it --------------------------------------------------
+
+def wait_gone(pids: list[int], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(gone(p) for p in pids):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_the_guard_reads_plus_and_minus_lines_and_skips_malformed_ones() -> None:
+    lines = [b"+100\n", b"+200\n", b"-100\n", b"+300\n", b"garbage\n", b"+-4\n", b"+1\n", b"+\n", b"-999\n"]
+    assert guard.groups_left(lines) == {200, 300}
+
+
+def test_kill_9_of_a_worker_kills_its_attempts_groups_grandchildren_included(tmp_path: Path) -> None:
+    # A "worker": a process that starts two attempts through a guard, then waits to be killed.
+    attempt = ("import subprocess, sys, time\n"
+               "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+               "print(kid.pid, flush=True)\n"
+               "time.sleep(60)\n")
+    worker_code = (
+        "import sys, time\n"
+        "from controller.worker import runner\n"
+        "guard = runner.Guard()\n"
+        f"runs = [runner.start('j', i, [sys.executable, '-c', {attempt!r}], guard=guard) for i in (1, 2)]\n"
+        "while not all(r.tail.text().strip() for r in runs):\n"
+        "    time.sleep(0.01)\n"
+        "print(guard.pid, *(r.pid for r in runs), *(r.tail.text().strip() for r in runs), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    worker = subprocess.Popen([PY, "-c", worker_code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None
+        guard_pid, *pids = (int(p) for p in worker.stdout.readline().split())
+        assert len(pids) == 4 and not any(gone(p) for p in [guard_pid, *pids])
+        assert os.getsid(guard_pid) == guard_pid  # its own session: a group signal to the worker misses it
+        worker.kill()
+        worker.wait()
+        assert wait_gone(pids), [p for p in pids if not gone(p)]
+        assert wait_gone([guard_pid])
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def test_a_guard_that_died_is_started_again_and_told_every_listed_group() -> None:
+    g = runner.Guard()
+    first = runner.start("j", 1, [PY, "-c", "import time; time.sleep(60)"], guard=g)
+    old = g.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    assert wait_gone([old])
+    second = runner.start("j", 2, [PY, "-c", "import time; time.sleep(60)"], guard=g)
+    assert g.pid not in (None, old)
+    g.close()  # what the worker's end does: both groups are killed, the first one included
+    assert wait_gone([first.pid, second.pid])
+
+
+def test_a_reaped_attempt_is_taken_off_the_guards_list() -> None:
+    g = runner.Guard()
+    done = runner.start("j", 1, [PY, "-c", "pass"], guard=g)
+    assert done.wait(10) == 0
+    # A process that happens to lead a group the guard once listed is left alone.
+    bystander = subprocess.Popen([PY, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        g.track(bystander.pid)
+        g.untrack(bystander.pid)
+        g.close()
+        time.sleep(0.2)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
