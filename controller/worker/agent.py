@@ -124,6 +124,8 @@ class Worker:
         self._failures = 0
         self.guard = runner.Guard()
         """Kills the attempts' process groups if this worker dies (started by `run`)."""
+        self._base_env = {k: v for k, v in os.environ.items() if k != "FFRTMP_TOKEN"}
+        """The attempts' environment: the worker's own as it started, without its token."""
         self.stats = {"started": 0, "completed": 0, "failed": 0, "released": 0, "fenced": 0}
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -254,9 +256,8 @@ class Worker:
 
     def _job_env(self, key: Key) -> dict[str, str]:
         """The worker's environment without its token, plus which attempt this is."""
-        env = {k: v for k, v in os.environ.items() if k != "FFRTMP_TOKEN"}
-        env.update(FFRTMP_JOB=key[0], FFRTMP_ATTEMPT=str(key[1]), FFRTMP_NODE=self.settings.name)
-        return env
+        return {**self._base_env, "FFRTMP_JOB": key[0], "FFRTMP_ATTEMPT": str(key[1]),
+                "FFRTMP_NODE": self.settings.name}
 
     def _watch(self, execution: runner.Execution) -> None:
         key: Key = (execution.job, execution.attempt)
