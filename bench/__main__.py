@@ -50,7 +50,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "gitops": (10, 10),
     },
     "full": {
-        "heartbeat_nodes": [100, 1000], "heartbeat_rate": 2000, "heartbeat_seconds": 10,
+        "heartbeat_nodes": [100, 1000, 10_000], "heartbeat_rate": 2000, "heartbeat_seconds": 10,
         "one_by_one": 3000, "apply_batches": 20, "apply_batch": 1000, "delivery": 100,
         "dispatch_jobs": 3000, "paced_jobs": 100, "paced_rate": 10, "rounds": 2,
         "huey_tasks": 5000, "procrastinate_jobs": 3000, "raw_jobs": 20000, "pg_dispatch_jobs": 300,

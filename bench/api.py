@@ -32,8 +32,16 @@ from bench.profile import recording
 
 NOOP_SCENARIO = {"apiVersion": "ffrtmp.io/v1", "kind": "Scenario", "metadata": {"name": "noop"},
                  "spec": {"command": ["true"], "defaults": {}}}
-HEARTBEAT_ENV = {"FFRTMP_FAULT_TOLERANCE__NODE_TIMEOUT_SECONDS": "5",
-                 "FFRTMP_FAULT_TOLERANCE__ASSIGN_TIMEOUT_SECONDS": "5"}
+def heartbeat_env(nodes: int, rate: float) -> dict[str, str]:
+    """The controller's node (and assignment) timeout: 5 s, or three of a node's beat periods.
+
+    At 2,000 beats/s, 1,000 nodes beat every 0.5 s each and 5 s is ten periods; 10,000
+    nodes beat every 5 s each, and a 5 s timeout would declare dead nodes that beat on
+    time: 15 s there.
+    """
+    timeout = max(5.0, 3 * nodes / rate)
+    return {"FFRTMP_FAULT_TOLERANCE__NODE_TIMEOUT_SECONDS": f"{timeout:g}",
+            "FFRTMP_FAULT_TOLERANCE__ASSIGN_TIMEOUT_SECONDS": f"{timeout:g}"}
 
 
 def _ok(answer: Answer) -> Answer:
@@ -185,7 +193,7 @@ def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32,
         began = time.perf_counter()
         admin, tokens = mint_tokens(url, node_names(nodes))
         minted = time.perf_counter() - began
-        controller = Controller(url, Path(tmp), env=HEARTBEAT_ENV)
+        controller = Controller(url, Path(tmp), env=heartbeat_env(nodes, rate))
         controller.start()
         try:
             result = asyncio.run(_heartbeats(controller.url, admin, tokens, rate, seconds, concurrency,
@@ -193,6 +201,7 @@ def heartbeats(nodes: int, rate: float, seconds: float, concurrency: int = 32,
         finally:
             controller.stop()
     return {"nodes": nodes, "auth": "on (one worker token per node)", "token_mint_seconds": round(minted, 1),
+            "node_timeout_seconds": max(5.0, 3 * nodes / rate),
             **result}
 
 

@@ -57,7 +57,8 @@ def rows(data: dict[str, Any]) -> list[Row]:
     api = _fig(data, "api")
     if api:
         beats = api["heartbeats"]
-        largest = max(beats, key=lambda b: b["nodes"])
+        # Issue 4's targets are for 1,000 nodes; the other counts are measurements (issue 8).
+        largest = next((b for b in beats if b["nodes"] == 1000), max(beats, key=lambda b: b["nodes"]))
         tag = f" ({largest['nodes']:,} nodes, offered {largest['paced']['offered_per_s']:g}/s)"
         sub = api["submissions"]
         one = max(sub["one_by_one_c1"]["per_s"], sub["one_by_one_c16"]["per_s"])
@@ -220,8 +221,8 @@ def _latency_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
     api = _fig(data, "api")
     if api:
         series.append(("submit to delivery, idle long-polling node", api["delivery"]["samples_ms"]))
-        largest = max(api["heartbeats"], key=lambda b: b["nodes"])
-        series.append((f"heartbeat, {largest['nodes']} nodes, paced", largest["paced"]["samples_ms"]))
+        series += [(f"heartbeat, {b['nodes']:,} nodes, paced", b["paced"]["samples_ms"])
+                   for b in sorted(api["heartbeats"], key=lambda b: b["nodes"])]
     dp = _fig(data, "dispatch_and_peers")
     if dp and dp["rounds"]:
         series.append(("submit to start through workers, paced", dp["rounds"][0]["ours_sqlite"]["paced"]["samples_ms"]))
