@@ -279,6 +279,7 @@ class ControllerService:
                  self.store.dialect, migrate.current_revision(self.store), self.elector.identity)
         if self.feed is not None:
             self.feed.start()
+        self.auth.start()
         self.elector.start()
         self.loop.start()
 
@@ -293,6 +294,7 @@ class ControllerService:
         """Let the pass in flight finish, stop the loop, give the lease up, close the store."""
         self.begin_shutdown()
         self.loop.stop()
+        self.auth.stop()
         self.farm.close()
         if self.feed is not None:
             self.feed.stop()

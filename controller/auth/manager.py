@@ -14,9 +14,11 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
-from controller.auth.cache import TokenCache
+from controller.auth.cache import TOKEN_CACHE_TTL, TokenCache
 from controller.auth.errors import (
     InvalidToken,
     InvalidTokenRequest,
@@ -46,6 +48,10 @@ log = logging.getLogger("controller.auth")
 MAX_EXPIRES_MINUTES = 10 * 366 * 24 * 60
 """Ten years: a longer lifetime is refused (and far past any sane rotation policy)."""
 _CLIENT_ID_MAX = 128  # the column's width
+CACHE_REFRESH_SECONDS = 5.0
+"""How often the refresher reads again the cached tokens in use that are half their TTL old."""
+_REFRESH_CHUNK = 500
+"""Tokens per read of the refresher (about 6 ms of work each here for 500)."""
 _NODE_MAX = 63  # a metadata.name
 
 
@@ -70,6 +76,8 @@ class AuthManager:
         self.writer: GroupCommit | None = None
         """Where `last_used_at` writes go without waiting (the API's group-commit writer);
         None: each is written in a transaction of its own, before the request goes on."""
+        self._refresher: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def enabled(self) -> bool:
@@ -224,19 +232,9 @@ class AuthManager:
         # Only a live token is cached; a cached one is checked for expiry above every time.
         if cached is None:
             self.token_cache.put(digest, stored, now)
-        last = stored.last_used_at
-        if last is None or now - last >= token_store.LAST_USED_RESOLUTION:
-            # Only here do we write: at most once a minute per token (see touch_token).
-            # Through the writer it joins other requests' transaction, and the request
-            # does not wait for it: when a token was last used is a record, not a guard.
-            token_id = stored.id
-            queued: Written[None] | None = self.writer.submit(
-                lambda session: token_store.touch_token(session, token_id, now),
-                key=("token", token_id), savepoint=False,
-            ) if self.writer is not None else None
-            if queued is None:
-                with self.db.write() as session:
-                    token_store.touch_token(session, token_id, now)
+        if self._touch_due(stored, now) and not self._queue_touch(stored, digest, now):
+            with self.db.write() as session:
+                token_store.touch_token(session, stored.id, now)
             self.token_cache.touched(digest, now)
         return Principal(
             client_id=stored.client_id, role=Role(stored.role), node=stored.node, token_id=stored.id
@@ -247,9 +245,10 @@ class AuthManager:
     ) -> Principal | None:
         """`authenticate` for a token this process looked up recently, without the database.
 
-        None when only the full `authenticate` can answer (a token not cached, refused,
-        or due for its `last_used_at` write): the caller then runs that, off the event
-        loop. It never refuses a token itself, so every refusal is counted in one place.
+        None when only the full `authenticate` can answer (a token not cached or
+        refused, or due for a `last_used_at` write that can't be queued): the caller then
+        runs that, off the event loop. It never refuses a token itself, so every refusal
+        is counted in one place.
         """
         now = _utcnow(now)
         if not isinstance(token, str) or not is_well_formed(token):
@@ -261,15 +260,79 @@ class AuthManager:
             or not hmac.compare_digest(stored.token_hash, digest)
             or stored.revoked_at is not None
             or now >= stored.expires_at
-            or stored.last_used_at is None
-            or now - stored.last_used_at >= token_store.LAST_USED_RESOLUTION
+            or (self.writer is None and self._touch_due(stored, now))
         ):
             return None
         if remote_address is not None:
             self.check_address(remote_address, now=now)
+        if self._touch_due(stored, now) and not self._queue_touch(stored, digest, now):
+            return None  # the writer is closed (shutting down): written by `authenticate`
         return Principal(
             client_id=stored.client_id, role=Role(stored.role), node=stored.node, token_id=stored.id
         )
+
+    @staticmethod
+    def _touch_due(stored: token_store.StoredToken, now: datetime) -> bool:
+        last = stored.last_used_at
+        return last is None or now - last >= token_store.LAST_USED_RESOLUTION
+
+    def _queue_touch(self, stored: token_store.StoredToken, digest: str, now: datetime) -> bool:
+        """Queue the token's `last_used_at` write with the writer (the request does not wait:
+        when a token was last used is a record, not a guard); False without a writer."""
+        # At most once a minute per token (see touch_token); it joins other requests'
+        # transaction.
+        token_id = stored.id
+        queued: Written[None] | None = self.writer.submit(
+            lambda session: token_store.touch_token(session, token_id, now),
+            key=("token", token_id), savepoint=False,
+        ) if self.writer is not None else None
+        if queued is None:
+            return False
+        self.token_cache.touched(digest, now)
+        return True
+
+    # -- the cache's refresher ---------------------------------------------------
+
+    def refresh_cache(self, *, now: datetime | None = None) -> int:
+        """Read again, in bulk, the cached tokens in use that are half their TTL old.
+
+        Returns how many were read. A token found revoked (elsewhere), expired or gone
+        leaves the cache, so that the next request is refused as it would be after its
+        own lookup.
+        """
+        now = _utcnow(now)
+        due = self.token_cache.due(now, TOKEN_CACHE_TTL / 2)
+        for start in range(0, len(due), _REFRESH_CHUNK):
+            if start:
+                time.sleep(0)  # a few ms of work per chunk: let the requests' threads in
+            chunk = due[start:start + _REFRESH_CHUNK]
+            with self.db.read() as session:
+                found = token_store.find_tokens_by_hashes(session, chunk)
+            self.token_cache.refreshed(chunk, found, now)
+        return len(due)
+
+    def start(self, interval: float = CACHE_REFRESH_SECONDS) -> None:
+        """Start the cache's refresher thread (a serving controller; idempotent)."""
+        if self._refresher is not None and self._refresher.is_alive():
+            return
+        self._stopping.clear()
+        self._refresher = threading.Thread(target=self._refresh_loop, args=(interval,),
+                                           name="ffrtmp-token-cache", daemon=True)
+        self._refresher.start()
+
+    def stop(self) -> None:
+        """Stop the refresher thread."""
+        self._stopping.set()
+        if self._refresher is not None:
+            self._refresher.join(10)
+            self._refresher = None
+
+    def _refresh_loop(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                self.refresh_cache()
+            except Exception:  # a database hiccup: requests look tokens up themselves meanwhile
+                log.exception("[Auth] Refreshing the token cache failed")
 
     def validate_token(self, token: str, *, now: datetime | None = None) -> str:
         """The seed's call: the client id of a valid token, or `InvalidToken`/`TokenExpired`."""

@@ -8,6 +8,7 @@ comparisons SQLite does on them order correctly). A token is expired from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -95,6 +96,22 @@ def find_token_by_hash(session: Session, token_hash: str) -> StoredToken | None:
     if row is None:
         return None
     return StoredToken(*row)
+
+
+def find_tokens_by_hashes(session: Session, token_hashes: Sequence[str]) -> dict[str, StoredToken]:
+    """The stored tokens among `token_hashes` (revoked or expired included), by hash."""
+    found: dict[str, StoredToken] = {}
+    for start in range(0, len(token_hashes), _HASHES_PER_READ):
+        chunk = list(token_hashes[start:start + _HASHES_PER_READ])
+        rows = session.execute(sa.select(*_INFO_COLUMNS, _tokens.c.token_hash)
+                               .where(_tokens.c.token_hash.in_(chunk)))
+        for row in rows:
+            token = StoredToken(*row)
+            found[token.token_hash] = token
+    return found
+
+
+_HASHES_PER_READ = 500
 
 
 # Every request whose token is not in the cache reads it: prepared once.

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +29,7 @@ from controller.auth.cache import TOKEN_CACHE_TTL, TokenCache
 from controller.config import AuthConfig
 from controller.observability.metrics import Metrics
 from controller.store.engine import Store
+from controller.store.group import GroupCommit
 from controller.store.models import AuditLog, AuthToken
 from controller.store.tokens import StoredToken
 
@@ -486,3 +488,102 @@ def test_last_used_goes_through_the_writer_when_there_is_one(auth: AuthManager, 
     assert auth.validate_token(token, now=T0 + timedelta(seconds=90)) == "ci"
     (info,) = auth.list_tokens()
     assert info.last_used_at == T0 + timedelta(seconds=90)
+
+
+# -- the cache's refresher -----------------------------------------------------------
+
+
+def test_the_refresher_keeps_tokens_in_use_cached_past_the_ttl(
+    auth: AuthManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = auth.issue_token("w1", Role.WORKER, node="n1", now=T0)
+    reads = _count_reads(auth, monkeypatch)
+    auth.authenticate(issued.token, now=T0)
+    assert auth.authenticate_cached(issued.token, now=T0 + timedelta(seconds=10)) is not None
+    assert auth.refresh_cache(now=T0 + timedelta(seconds=14)) == 0  # not half the TTL old yet
+    assert auth.refresh_cache(now=T0 + timedelta(seconds=16)) == 1  # one bulk read
+    assert reads == [2]
+    # Past the first lookup's TTL, the entry read at 16 s answers without the database.
+    assert auth.authenticate_cached(issued.token, now=T0 + timedelta(seconds=40)) is not None
+    assert auth.authenticate(issued.token, now=T0 + timedelta(seconds=45)).client_id == "w1"
+    assert reads == [2]
+
+
+def test_the_refresher_leaves_tokens_not_used_since_their_lookup_to_expire(
+    auth: AuthManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = auth.issue_token("ci", Role.OPERATOR, now=T0)
+    auth.authenticate(issued.token, now=T0)
+    reads = _count_reads(auth, monkeypatch)
+    assert auth.refresh_cache(now=T0 + timedelta(seconds=20)) == 0
+    assert reads == [0]
+    assert auth.authenticate_cached(issued.token, now=T0 + TOKEN_CACHE_TTL) is None
+
+
+def test_the_refresher_drops_a_token_revoked_elsewhere_before_the_ttl(
+    auth: AuthManager, store: Store
+) -> None:
+    other = AuthManager(store, AuthConfig())  # `ffrtmp token revoke`, or another replica
+    issued = auth.issue_token("ci", Role.OPERATOR, now=T0)
+    auth.authenticate(issued.token, now=T0)
+    auth.authenticate(issued.token, now=T0 + timedelta(seconds=5))
+    assert other.revoke(issued.id, now=T0 + timedelta(seconds=6)) is True
+    assert auth.authenticate_cached(issued.token, now=T0 + timedelta(seconds=7)) is not None  # cached
+    assert auth.refresh_cache(now=T0 + timedelta(seconds=16)) == 1
+    assert auth.authenticate_cached(issued.token, now=T0 + timedelta(seconds=17)) is None
+    with pytest.raises(TokenRevoked):
+        auth.authenticate(issued.token, now=T0 + timedelta(seconds=17))
+
+
+def test_the_refresher_drops_expired_and_deleted_tokens(store: Store) -> None:
+    auth = AuthManager(store, AuthConfig(token_expiry_minutes=1))
+    expiring = auth.issue_token("a", Role.OPERATOR, now=T0)
+    deleted = auth.issue_token("b", Role.OPERATOR, now=T0 + timedelta(seconds=30))
+    for issued in (expiring, deleted):
+        auth.authenticate(issued.token, now=T0 + timedelta(seconds=30))
+        auth.authenticate(issued.token, now=T0 + timedelta(seconds=35))
+    with store.write() as session:
+        session.execute(sa.delete(AuthToken).where(AuthToken.id == deleted.id))  # type: ignore[arg-type]
+    assert auth.refresh_cache(now=T0 + timedelta(seconds=60)) == 2
+    assert len(auth.token_cache) == 0
+
+
+def test_a_bulk_read_does_not_bring_back_an_entry_dropped_meanwhile() -> None:
+    cache = TokenCache()
+    token = StoredToken("tok_1", "ci", "admin", None, T0 + timedelta(days=1), T0, None, None, "h1")
+    cache.put("h1", token, T0)
+    assert cache.get("h1", T0 + timedelta(seconds=1)) == token
+    due = cache.due(T0 + timedelta(seconds=20), TOKEN_CACHE_TTL / 2)
+    assert due == ["h1"]
+    cache.forget("tok_1")  # revoked here while the bulk read ran
+    cache.refreshed(due, {"h1": token}, T0 + timedelta(seconds=20))
+    assert cache.get("h1", T0 + timedelta(seconds=21)) is None
+
+
+def test_the_in_memory_check_queues_the_last_used_write_with_the_writer(store: Store) -> None:
+    auth = AuthManager(store, AuthConfig())
+    auth.writer = GroupCommit(store)
+    try:
+        issued = auth.issue_token("w1", Role.WORKER, node="n1", now=T0)
+        auth.authenticate(issued.token, now=T0)  # looked up and touched (through the writer)
+        auth.authenticate(issued.token, now=T0 + timedelta(seconds=40))  # looked up again
+        at = T0 + timedelta(seconds=61)
+        # Due for its write again: answered in memory all the same, the write queued.
+        assert auth.authenticate_cached(issued.token, now=at) == Principal("w1", Role.WORKER, "n1", issued.id)
+    finally:
+        auth.writer.close()
+    (info,) = auth.list_tokens()
+    assert info.last_used_at == at
+
+
+def test_the_refresher_thread_runs_until_stopped(
+    auth: AuthManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = threading.Event()
+    monkeypatch.setattr(auth, "refresh_cache", lambda: ran.set() or 0)
+    auth.start(interval=0.01)
+    try:
+        assert ran.wait(5)
+    finally:
+        auth.stop()
+    assert auth._refresher is None
