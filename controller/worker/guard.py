@@ -1,11 +1,12 @@
 """The guard: a small process that kills a worker's attempts when the worker is gone.
 
-Each worker starts one guard (`python -m controller.worker.guard`) and tells it, on a
-pipe, the process group of every attempt it starts (`+PGID`) and of every attempt it
-has reaped (`-PGID`). The worker holds the only write end of that pipe, so the guard
-reads end-of-file the moment the worker ends, however it ends (`kill -9`, a crash, a
-normal exit), and then sends SIGKILL to every group still listed: the controller
-reruns those attempts elsewhere, and they must not run on unsupervised meanwhile.
+Each worker starts one guard (this file, run by the worker's own interpreter with
+`-I -S`) and tells it, on a pipe, the process group of every attempt it starts
+(`+PGID`) and of every attempt it has reaped (`-PGID`). The worker holds the only
+write end of that pipe, so the guard reads end-of-file the moment the worker ends,
+however it ends (`kill -9`, a crash, a normal exit), and then sends SIGKILL to every
+group still listed: the controller reruns those attempts elsewhere, and they must not
+run on unsupervised meanwhile.
 
 The guard runs in a session of its own and ignores SIGINT, SIGTERM and SIGHUP: a
 Ctrl-C, a `kill` of the worker's process group or a stop that signals every process

@@ -168,11 +168,15 @@ class Guard:
             self._send(b"+%d\n" % pgid)
 
     def untrack(self, pgid: int) -> None:
-        """Take a reaped attempt's group off the list."""
+        """Take a reaped attempt's group off the list (never raises: it runs where the
+        attempt's end is being reported)."""
         with self._lock:
             if pgid in self._groups:
                 self._groups.discard(pgid)
-                self._send(b"-%d\n" % pgid)
+                try:
+                    self._send(b"-%d\n" % pgid)
+                except OSError as exc:  # no guard could be started again; logged, not fatal here
+                    log.error("[Worker] cannot start a guard of attempts: %s", exc)
 
     def close(self) -> None:
         """End the guard (it kills what is still listed) and wait for it."""

@@ -182,3 +182,17 @@ def test_a_reaped_attempt_is_taken_off_the_guards_list() -> None:
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_reaping_an_attempt_never_fails_for_want_of_a_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = runner.Guard()
+    execution = runner.start("j", 1, [PY, "-c", "import time; time.sleep(0.2)"], guard=g)
+    assert g.pid is not None
+    os.kill(g.pid, signal.SIGKILL)
+    assert wait_gone([g.pid])
+
+    def cannot_spawn() -> None:
+        raise OSError("no interpreter")
+
+    monkeypatch.setattr(g, "_spawn", cannot_spawn)
+    assert execution.wait(10) == 0  # the watcher goes on to report the attempt
