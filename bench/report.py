@@ -256,12 +256,39 @@ def _memory_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
     _save(fig, out / f"memory-{data['mode']}.png", written)
 
 
+def _reconcile_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+    rec = _fig(data, "reconcile")
+    if not rec or not rec.get("scales"):
+        return
+    scales = sorted(rec["scales"], key=lambda r: r["jobs"])
+    jobs = [r["jobs"] for r in scales]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(jobs, [r["steady_pass_ms"]["median"] for r in scales], "o-", label="steady pass (median)")
+    ax.plot(jobs, [r["schedule_pass"]["seconds"] * 1000 for r in scales], "s-",
+            label="pass scheduling 1% of the stored count as new pending jobs")
+    ax.plot(jobs, [r["dead_nodes_pass"]["seconds"] * 1000 for r in scales], "^-",
+            label="pass after 10% of the nodes died (requeues)")
+    for r in scales:
+        ax.annotate(f"{r['nodes']:,} nodes", (r["jobs"], r["steady_pass_ms"]["median"]),
+                    textcoords="offset points", xytext=(4, -12), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("stored jobs")
+    ax.set_ylabel("pass time (ms, log)")
+    ax.set_title(f"Reconcile pass vs stored jobs and nodes (SQLite, {data['mode']})")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, out / f"reconcile-{data['mode']}.png", written)
+
+
 def plots(data: dict[str, Any], out: Path) -> list[Path]:
-    """Throughput vs peers, heartbeats vs nodes, latency distributions, memory vs stored jobs."""
+    """Throughput vs peers, heartbeats vs nodes, latency distributions, memory vs stored jobs,
+    the reconcile pass vs stored jobs and nodes."""
     import matplotlib
     matplotlib.use("Agg")
     written: list[Path] = []
-    for plot in (_throughput_plot, _heartbeat_plot, _latency_plot, _memory_plot):
+    for plot in (_throughput_plot, _heartbeat_plot, _latency_plot, _memory_plot, _reconcile_plot):
         plot(data, out, written)
     return written
 

@@ -44,5 +44,6 @@ def test_quick_run_writes_every_result(tmp_path: Path) -> None:
     assert data["durability"]["ours_sqlite"].startswith("WAL, synchronous=NORMAL")
     table = (tmp_path / "results-quick.md").read_text()
     assert "| issue | measure | figure | target | ratio | status |" in table
-    for plot in ("throughput", "heartbeats", "latency", "memory"):
+    assert [r["jobs"] for r in data["suites"]["reconcile"]["figures"]["scales"]] == [2_000, 20_000]
+    for plot in ("throughput", "heartbeats", "latency", "memory", "reconcile"):
         assert (tmp_path / f"{plot}-quick.png").read_bytes()[:4] == b"\x89PNG"
