@@ -30,6 +30,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "one_by_one": 50, "apply_batches": 2, "apply_batch": 200, "delivery": 10,
         "dispatch_jobs": 60, "paced_jobs": 10, "paced_rate": 10, "rounds": 1,
         "huey_tasks": 200, "procrastinate_jobs": 200, "raw_jobs": 2000, "pg_dispatch_jobs": 0,
+        "scale_workers": [1], "scale_jobs_per_worker": 60, "scale_tasks_per_consumer": 100,
         "replicas": (50, 16, 2, 60, 1), "reconcile": (20_000, 1_000, 1_000), "reconcile_scales": [(2_000, 100, 100)],
         "memory_jobs": [],
         "gitops": (10, 10),
@@ -55,6 +57,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "one_by_one": 3000, "apply_batches": 20, "apply_batch": 1000, "delivery": 100,
         "dispatch_jobs": 3000, "paced_jobs": 100, "paced_rate": 10, "rounds": 2,
         "huey_tasks": 5000, "procrastinate_jobs": 3000, "raw_jobs": 20000, "pg_dispatch_jobs": 300,
+        "scale_workers": [1, 2, 4], "scale_jobs_per_worker": 750, "scale_tasks_per_consumer": 1000,
         "replicas": (1000, 32, 10, 600, 2), "reconcile": (1_000_000, 10_000, 10_000),
         "reconcile_scales": [(10_000, 100, 100), (100_000, 1_000, 1_000)],
         "memory_jobs": [10_000, 100_000],
@@ -137,7 +140,27 @@ def run_dispatch_and_peers(run: Run, with_peers: bool) -> dict[str, Any]:
         rounds.append(this)
         print(f"   round {r + 1}: " + ", ".join(f"{k} {v.get('burst', v).get('per_s')}/s" for k, v in this.items()),
               flush=True)
-    return {"rounds": rounds}
+    return {"rounds": rounds, "scale": _dispatch_scale(run) if with_peers else []}
+
+
+def _dispatch_scale(run: Run) -> list[dict[str, Any]]:
+    """Ours and huey with 1, 2, 4 workers (consumers) of 8 slots (threads), jobs per worker fixed."""
+    s = run.sizes
+    points = []
+    for w in s["scale_workers"]:
+        jobs, tasks = s["scale_jobs_per_worker"] * w, s["scale_tasks_per_consumer"] * w
+        point: dict[str, Any] = {"workers": w, "slots": 8}
+        for name, body in (
+            ("ours_sqlite", partial(dispatch.dispatch, jobs, 0, 1, workers=w)),
+            ("huey_noop", partial(peers.huey, tasks, "noop", consumers=w)),
+            ("huey_spawn_true", partial(peers.huey, max(tasks // 5, 100), "spawn_true", consumers=w)),
+        ):
+            result = _attempt(body)
+            point[name] = result.get("burst", result).get("per_s")
+        points.append(point)
+        print(f"   scale {w} worker(s): " + ", ".join(f"{k} {v}/s" for k, v in point.items()
+                                                      if k not in ("workers", "slots")), flush=True)
+    return points
 
 
 def _attempt(body: Callable[[], dict[str, Any]]) -> dict[str, Any]:

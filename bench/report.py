@@ -195,6 +195,33 @@ def _throughput_plot(data: dict[str, Any], out: Path, written: list[Path]) -> No
     _save(fig, out / f"throughput-{data['mode']}.png", written)
 
 
+def _scale_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
+    import matplotlib.pyplot as plt
+    dp = _fig(data, "dispatch_and_peers")
+    points = sorted((dp or {}).get("scale", []), key=lambda p: p["workers"])
+    if not points:
+        return
+    workers = [p["workers"] for p in points]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label, style in (("ours_sqlite", "ffrtmp, SQLite (a process per job)", "o-"),
+                              ("huey_noop", "huey SqliteHuey, no-op task", "s--"),
+                              ("huey_spawn_true", "huey SqliteHuey, task starts `true`", "^--")):
+        ys = [p.get(key) for p in points]
+        if any(y for y in ys):
+            ax.plot([w for w, y in zip(workers, ys, strict=True) if y], [y for y in ys if y], style, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(workers, [str(w) for w in workers])
+    ax.set_yscale("log")
+    figures = [p[k] for p in points for k in ("ours_sqlite", "huey_noop", "huey_spawn_true") if p.get(k)]
+    ax.set_ylim(min(figures) / 1.5, max(figures) * 6)  # room above the lines for the legend
+    ax.set_xlabel("workers (consumers) x 8 slots (threads)")
+    ax.set_ylabel("jobs (tasks) per second, log scale")
+    ax.set_title(f"Dispatch vs workers, ours and huey ({data['mode']}, same run)")
+    ax.legend(fontsize=8, loc="upper center")
+    ax.grid(True, which="both", alpha=0.3)
+    _save(fig, out / f"scale-{data['mode']}.png", written)
+
+
 def _heartbeat_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
     import matplotlib.pyplot as plt
     api = _fig(data, "api")
@@ -288,7 +315,7 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     written: list[Path] = []
-    for plot in (_throughput_plot, _heartbeat_plot, _latency_plot, _memory_plot, _reconcile_plot):
+    for plot in (_throughput_plot, _scale_plot, _heartbeat_plot, _latency_plot, _memory_plot, _reconcile_plot):
         plot(data, out, written)
     return written
 

@@ -45,5 +45,7 @@ def test_quick_run_writes_every_result(tmp_path: Path) -> None:
     table = (tmp_path / "results-quick.md").read_text()
     assert "| issue | measure | figure | target | ratio | status |" in table
     assert [r["jobs"] for r in data["suites"]["reconcile"]["figures"]["scales"]] == [2_000, 20_000]
-    for plot in ("throughput", "heartbeats", "latency", "memory", "reconcile"):
+    (point,) = data["suites"]["dispatch_and_peers"]["figures"]["scale"]
+    assert point["workers"] == 1 and point["ours_sqlite"] and point["huey_noop"] and point["huey_spawn_true"]
+    for plot in ("throughput", "scale", "heartbeats", "latency", "memory", "reconcile"):
         assert (tmp_path / f"{plot}-quick.png").read_bytes()[:4] == b"\x89PNG"
