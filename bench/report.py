@@ -179,6 +179,15 @@ def _save(fig: Any, path: Path, written: list[Path]) -> None:
     written.append(path)
 
 
+def _labelled(ax: Any, xlabel: str, ylabel: str, title: str, legend_at: str = "best") -> None:
+    """Axis labels, title, legend and a light grid: the line plots' common finish."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc=legend_at)
+    ax.grid(True, which="both", alpha=0.3)
+
+
 def _throughput_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
     import matplotlib.pyplot as plt
     bars = [(k, v) for k, v in peer_figures(data).items() if not k.startswith("paced") and v]
@@ -214,11 +223,8 @@ def _scale_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
     ax.set_yscale("log")
     figures = [p[k] for p in points for k in ("ours_sqlite", "huey_noop", "huey_spawn_true") if p.get(k)]
     ax.set_ylim(min(figures) / 1.5, max(figures) * 6)  # room above the lines for the legend
-    ax.set_xlabel("workers (consumers) x 8 slots (threads)")
-    ax.set_ylabel("jobs (tasks) per second, log scale")
-    ax.set_title(f"Dispatch vs workers, ours and huey ({data['mode']}, same run)")
-    ax.legend(fontsize=8, loc="upper center")
-    ax.grid(True, which="both", alpha=0.3)
+    _labelled(ax, "workers (consumers) x 8 slots (threads)", "jobs (tasks) per second, log scale",
+              f"Dispatch vs workers, ours and huey ({data['mode']}, same run)", legend_at="upper center")
     _save(fig, out / f"scale-{data['mode']}.png", written)
 
 
@@ -261,11 +267,7 @@ def _latency_plot(data: dict[str, Any], out: Path, written: list[Path]) -> None:
         ordered = sorted(samples)
         ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("milliseconds (log)")
-    ax.set_ylabel("fraction of samples (CDF)")
-    ax.set_title(f"Latency distributions ({data['mode']})")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    _labelled(ax, "milliseconds (log)", "fraction of samples (CDF)", f"Latency distributions ({data['mode']})")
     _save(fig, out / f"latency-{data['mode']}.png", written)
 
 
@@ -301,11 +303,8 @@ def _reconcile_plot(data: dict[str, Any], out: Path, written: list[Path]) -> Non
                     textcoords="offset points", xytext=(4, -12), fontsize=7)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("stored jobs")
-    ax.set_ylabel("pass time (ms, log)")
-    ax.set_title(f"Reconcile pass vs stored jobs and nodes (SQLite, {data['mode']})")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    _labelled(ax, "stored jobs", "pass time (ms, log)",
+              f"Reconcile pass vs stored jobs and nodes (SQLite, {data['mode']})")
     _save(fig, out / f"reconcile-{data['mode']}.png", written)
 
 
