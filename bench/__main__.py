@@ -195,7 +195,7 @@ def run_reconcile_and_memory(run: Run, do_reconcile: bool, do_memory: bool) -> N
                                        **reconcile_bench.run(f"sqlite:///{small}/bench.db", j, n, p)})
                 largest = {"jobs": jobs, "nodes": nodes, "pending": pending,
                            **reconcile_bench.run(url, jobs, nodes, pending)}
-                return {**largest, "scales": [*scales, {k: v for k, v in largest.items() if k != "scales"}]}
+                return {**largest, "scales": [*scales, largest]}
             run.suite("reconcile", reconcile)
         if do_memory:
             def memory() -> list[dict[str, Any]]:

@@ -260,12 +260,14 @@ class AuthManager:
             or not hmac.compare_digest(stored.token_hash, digest)
             or stored.revoked_at is not None
             or now >= stored.expires_at
-            or (self.writer is None and self._touch_due(stored, now))
         ):
+            return None
+        touch = self._touch_due(stored, now)
+        if touch and self.writer is None:
             return None
         if remote_address is not None:
             self.check_address(remote_address, now=now)
-        if self._touch_due(stored, now) and not self._queue_touch(stored, digest, now):
+        if touch and not self._queue_touch(stored, digest, now):
             return None  # the writer is closed (shutting down): written by `authenticate`
         return Principal(
             client_id=stored.client_id, role=Role(stored.role), node=stored.node, token_id=stored.id
@@ -277,10 +279,9 @@ class AuthManager:
         return last is None or now - last >= token_store.LAST_USED_RESOLUTION
 
     def _queue_touch(self, stored: token_store.StoredToken, digest: str, now: datetime) -> bool:
-        """Queue the token's `last_used_at` write with the writer (the request does not wait:
-        when a token was last used is a record, not a guard); False without a writer."""
-        # At most once a minute per token (see touch_token); it joins other requests'
-        # transaction.
+        """Queue the token's `last_used_at` write (at most once a minute, see touch_token) to
+        join other requests' transaction; the request does not wait for it: when a token was
+        last used is a record, not a guard. False without a writer, or once it is closed."""
         token_id = stored.id
         queued: Written[None] | None = self.writer.submit(
             lambda session: token_store.touch_token(session, token_id, now),

@@ -122,10 +122,11 @@ class Worker:
         self._hurry = threading.Event()
         """A second SIGTERM: end the drain's grace at once."""
         self._failures = 0
-        self.guard = runner.Guard()
-        """Kills the attempts' process groups if this worker dies (started by `run`)."""
         self._base_env = {k: v for k, v in os.environ.items() if k != "FFRTMP_TOKEN"}
-        """The attempts' environment: the worker's own as it started, without its token."""
+        """The attempts' (and the guard's) environment: the worker's own as it started,
+        without its token."""
+        self.guard = runner.Guard(self._base_env)
+        """Kills the attempts' process groups if this worker dies (started by `run`)."""
         self.stats = {"started": 0, "completed": 0, "failed": 0, "released": 0, "fenced": 0}
 
     # --- lifecycle -----------------------------------------------------------------------------

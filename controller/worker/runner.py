@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,7 +145,9 @@ class Guard:
     call and told every group listed so far.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self._env = env
+        """The guard's environment (None: this process's)."""
         self._lock = threading.Lock()
         self._groups: set[int] = set()
         self._process: subprocess.Popen[bytes] | None = None
@@ -191,10 +193,9 @@ class Guard:
                 process.wait()
 
     def _spawn(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "FFRTMP_TOKEN"}
         # Isolated (-I) and without site (-S): it needs the standard library only.
         self._process = subprocess.Popen([sys.executable, "-I", "-S", _GUARD], stdin=subprocess.PIPE,
-                                         start_new_session=True, env=env)
+                                         start_new_session=True, env=self._env)
         if self._groups:
             self._write(b"".join(b"+%d\n" % g for g in sorted(self._groups)))
 
