@@ -3,8 +3,8 @@
 Threads:
 - the heartbeat loop (the caller's thread): sends what it holds, long-polls for work
   while it has a free slot, starts assignments, stops fenced attempts;
-- one watcher per attempt: waits for the process, enforces `activeDeadlineSeconds`,
-  queues the final report;
+- the reaper (`runner.Reaper`): follows every attempt's output, exit and
+  `activeDeadlineSeconds` in one selector, and queues each final report;
 - the reporter: sends the queued reports, every attempt's in order (`running`, then
   the final one), all that queued up while the previous request was on the way in
   one `POST /nodes/{name}/reports`, retrying network errors with jittered backoff
@@ -127,6 +127,8 @@ class Worker:
         without its token."""
         self.guard = runner.Guard(self._base_env)
         """Kills the attempts' process groups if this worker dies (started by `run`)."""
+        self.reaper = runner.Reaper(self._ended, self._overdue, clock)
+        """Follows the attempts: output, exit, deadline (started by `run`)."""
         self.stats = {"started": 0, "completed": 0, "failed": 0, "released": 0, "fenced": 0}
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -136,6 +138,7 @@ class Worker:
         log.info("[Worker] %s serving %s with %d slot(s), labels %s", self.settings.name,
                  self.client.server, self.settings.slots, self.labels)
         self.guard.start()
+        self.reaper.start()
         try:
             while not self._draining.is_set():
                 try:
@@ -148,6 +151,7 @@ class Worker:
             self._stopping.set()
             if self._reporter is not None:
                 self._reporter.join(timeout=5)
+            self.reaper.stop()
             self.guard.close()
 
     def drain(self) -> None:
@@ -240,7 +244,7 @@ class Worker:
         deadline = assignment.get("activeDeadlineSeconds")
         try:
             execution = runner.start(key[0], key[1], assignment["command"], deadline, self.clock,
-                                     env=self._job_env(key), guard=self.guard)
+                                     env=self._job_env(key), guard=self.guard, follow=False)
         except (OSError, ValueError) as exc:
             log.warning("[Worker] cannot start %s attempt %d: %s", key[0], key[1], exc)
             with self._lock:
@@ -253,23 +257,21 @@ class Worker:
         self.stats["started"] += 1
         log.info("[Worker] started %s attempt %d (pid %d)", key[0], key[1], execution.pid)
         self._send(_Report(key[0], key[1], "running", final=False))
-        threading.Thread(target=self._watch, args=(execution,), name=f"watch-{key[0]}", daemon=True).start()
+        self.reaper.add(execution)  # after `running` is queued: its end is reported after it
 
     def _job_env(self, key: Key) -> dict[str, str]:
         """The worker's environment without its token, plus which attempt this is."""
         return {**self._base_env, "FFRTMP_JOB": key[0], "FFRTMP_ATTEMPT": str(key[1]),
                 "FFRTMP_NODE": self.settings.name}
 
-    def _watch(self, execution: runner.Execution) -> None:
+    def _overdue(self, execution: runner.Execution) -> None:
+        """The reaper's call: the attempt passed its `activeDeadlineSeconds`."""
+        log.info("[Worker] %s attempt %d exceeded its deadline", execution.job, execution.attempt)
+        self._kill(execution, "deadline")
+
+    def _ended(self, execution: runner.Execution) -> None:
+        """The reaper's call: the attempt's process has exited; queue its final report."""
         key: Key = (execution.job, execution.attempt)
-        while True:
-            timeout = None if execution.deadline is None else max(execution.deadline - self.clock(), 0.0)
-            try:
-                execution.wait(timeout)
-                break
-            except subprocess.TimeoutExpired:
-                log.info("[Worker] %s attempt %d exceeded its deadline", *key)
-                execution.kill("deadline", self.settings.kill_grace_seconds)
         outcome = execution.outcome()
         with self._lock:
             self.executions.pop(key, None)

@@ -2,9 +2,10 @@
 
 Each attempt runs in a new session (`start_new_session=True`), so it leads its own
 process group and everything it spawns (ffmpeg's helpers, a shell script's
-children) is killed with it. Output (stdout and stderr, merged) is drained by a
-thread into a bounded tail, so a chatty process never blocks on a full pipe and
-never grows the worker's memory.
+children) is killed with it. Output (stdout and stderr, merged) is drained into a
+bounded tail, so a chatty process never blocks on a full pipe and never grows the
+worker's memory. The worker follows all its attempts with one `Reaper` thread
+(output, exit, deadline); `start` alone gives an attempt a reader thread of its own.
 
 Each attempt's group is also listed with the worker's `Guard`, a small process
 that kills the groups still listed when the worker ends, `kill -9` included: the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -35,6 +37,13 @@ TAIL_BYTES = 16 * 1024
 
 KILL_GRACE_SECONDS = 5.0
 """Between SIGTERM to the process group and SIGKILL."""
+
+TAIL_WAIT_SECONDS = 2.0
+"""After an attempt's leader exits, how long its output may still be read before its end
+is reported (a child that inherited the pipe can hold it open for as long as it runs)."""
+
+POLL_SECONDS = 0.05
+"""How often the `Reaper` looks for exits where it has no pidfd (not Linux 5.3+)."""
 
 
 @dataclass
@@ -93,18 +102,24 @@ class Execution:
         Once it is reaped, its group is taken off the guard's list.
         """
         code = self.process.wait(timeout)
+        self._reaped()
+        return code
+
+    def poll(self) -> int | None:
+        """The exit code (the leader reaped, its group off the guard's list), or None while it runs."""
+        code = self.process.poll()
+        if code is not None:
+            self._reaped()
+        return code
+
+    def _reaped(self) -> None:
         if self._guard is not None:
             self._guard.untrack(self.process.pid)
-        return code
 
     @property
     def pid(self) -> int:
         """The process (and process group) id."""
         return self.process.pid
-
-    def poll(self) -> int | None:
-        """The exit code, or None while it runs."""
-        return self.process.poll()
 
     def kill(self, why: str, grace: float = KILL_GRACE_SECONDS) -> None:
         """Stop the whole process group: SIGTERM, then SIGKILL after `grace` seconds."""
@@ -241,10 +256,13 @@ def start(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     guard: Guard | None = None,
+    follow: bool = True,
 ) -> Execution:
     """Start one attempt in its own process group; OSError if the program can't start.
 
-    With a `guard`, the group is listed with it until `Execution.wait` reaps the attempt.
+    With a `guard`, the group is listed with it until the attempt is reaped. With
+    `follow`, a thread of its own reads its output; else the caller hands it to a
+    `Reaper` (promptly: until then, a chatty attempt blocks on its full pipe).
     """
     if not command:
         raise ValueError("empty command")
@@ -269,7 +287,207 @@ def start(
         job=job, attempt=attempt, command=list(command), process=process, started=now,
         deadline=None if deadline_seconds is None else now + deadline_seconds, _guard=guard,
     )
+    if not follow:
+        return execution
     reader = threading.Thread(target=_drain, args=(execution,), name=f"tail-{job}-{attempt}", daemon=True)
     execution._reader = reader
     reader.start()
     return execution
+
+
+@dataclass(eq=False)
+class _Followed:
+    execution: Execution
+    pidfd: int | None
+    """Readable once the leader has exited; None where there is no pidfd (then polled)."""
+    output: int | None
+    """The output pipe's descriptor until its end is read."""
+    exited_at: float | None = None
+    deadline_told: bool = False
+    ended: bool = False
+    """`on_exit` was called (output may still be read: a child holds the pipe)."""
+
+
+class Reaper:
+    """One thread that follows every attempt of a worker: output, exit and deadline.
+
+    No thread per attempt: the attempts' output pipes and pidfds (readable once the
+    process has exited; Linux 5.3+) wait in one selector. Where pidfds are missing,
+    running attempts are polled every `POLL_SECONDS`. `on_exit(execution)` is called on
+    the reaper's thread once an attempt's leader is reaped and its output read to the
+    end, or `TAIL_WAIT_SECONDS` after the exit while a child still holds the pipe (its
+    output is read on, into the tail, until the pipe closes). `on_deadline(execution)`
+    is called once when a running attempt passes its deadline. Both must return
+    promptly (queue, signal, start a thread): the thread serves every attempt.
+    """
+
+    def __init__(
+        self,
+        on_exit: Callable[[Execution], None],
+        on_deadline: Callable[[Execution], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._on_exit = on_exit
+        self._on_deadline = on_deadline
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._incoming: list[Execution] = []
+        self._followed: set[_Followed] = set()
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
+            self._thread.start()
+
+    def add(self, execution: Execution) -> None:
+        """Follow an attempt started with `start(..., follow=False)`."""
+        with self._lock:
+            self._incoming.append(execution)
+        self._wake()
+
+    def stop(self) -> None:
+        """Stop following (attempts still running are left as they are) and free the descriptors."""
+        self._stopping = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(5)
+        for followed in self._followed:
+            self._close_pidfd(followed)
+            if followed.output is not None:
+                self._close_output(followed)
+        self._followed.clear()
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __len__(self) -> int:
+        """Attempts followed (ended ones whose output is still open included)."""
+        return len(self._followed)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes it
+            os.write(self._wake_w, b"\0")
+
+    def _run(self) -> None:
+        while not self._stopping:
+            events = self._selector.select(self._timeout())
+            for key, _ in events:
+                if key.data is None:
+                    self._take_incoming()
+                elif key.data[0] == "exit":
+                    self._exited(key.data[1])
+                else:
+                    self._read(key.data[1])
+            self._check()
+
+    def _take_incoming(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 4096):
+                pass
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for execution in incoming:
+            stream = execution.process.stdout
+            output = None if stream is None else stream.fileno()
+            followed = _Followed(execution, _pidfd(execution.pid), output)
+            self._followed.add(followed)
+            if followed.pidfd is not None:
+                self._selector.register(followed.pidfd, selectors.EVENT_READ, ("exit", followed))
+            if followed.output is not None:
+                self._selector.register(followed.output, selectors.EVENT_READ, ("output", followed))
+
+    def _read(self, followed: _Followed) -> None:
+        assert followed.output is not None
+        try:
+            chunk = os.read(followed.output, 65536)
+        except OSError:
+            chunk = b""
+        if chunk:
+            followed.execution.tail.feed(chunk)
+            return
+        self._close_output(followed)
+        if followed.ended:
+            self._followed.discard(followed)
+        elif followed.exited_at is not None:
+            self._end(followed)
+
+    def _exited(self, followed: _Followed) -> None:
+        if followed.exited_at is not None or followed.execution.poll() is None:
+            return
+        followed.exited_at = self._clock()
+        self._close_pidfd(followed)
+        if followed.output is None:
+            self._end(followed)
+
+    def _check(self) -> None:
+        now = self._clock()
+        for followed in list(self._followed):
+            execution = followed.execution
+            if followed.exited_at is None:
+                if followed.pidfd is None:
+                    self._exited(followed)
+                overdue = execution.deadline is not None and now >= execution.deadline
+                if followed.exited_at is None and overdue and not followed.deadline_told:
+                    followed.deadline_told = True
+                    self._call(self._on_deadline, execution)
+            elif not followed.ended and now - followed.exited_at >= TAIL_WAIT_SECONDS:
+                self._end(followed)
+
+    def _timeout(self) -> float | None:
+        now = self._clock()
+        due: list[float] = []
+        for followed in self._followed:
+            execution = followed.execution
+            if followed.exited_at is None:
+                if followed.pidfd is None:
+                    due.append(now + POLL_SECONDS)
+                if execution.deadline is not None and not followed.deadline_told:
+                    due.append(execution.deadline)
+            elif not followed.ended:
+                due.append(followed.exited_at + TAIL_WAIT_SECONDS)
+        return max(min(due) - now, 0.0) if due else None
+
+    def _end(self, followed: _Followed) -> None:
+        followed.ended = True
+        if followed.output is None:
+            self._followed.discard(followed)
+        self._call(self._on_exit, followed.execution)
+
+    def _call(self, callback: Callable[[Execution], None], execution: Execution) -> None:
+        try:
+            callback(execution)
+        except Exception:  # one attempt's handler must not stop the others being followed
+            log.exception("[Worker] handling %s attempt %d failed", execution.job, execution.attempt)
+
+    def _close_pidfd(self, followed: _Followed) -> None:
+        if followed.pidfd is not None:
+            self._selector.unregister(followed.pidfd)
+            os.close(followed.pidfd)
+            followed.pidfd = None
+
+    def _close_output(self, followed: _Followed) -> None:
+        assert followed.output is not None
+        self._selector.unregister(followed.output)
+        followed.output = None
+        stream = followed.execution.process.stdout
+        if stream is not None:
+            stream.close()
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of an unreaped child (readable once it has exited), or None where there is none."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        return int(opener(pid))
+    except OSError:  # a kernel before 5.3, or a sandbox that refuses it: polled instead
+        return None

@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -196,3 +198,106 @@ def test_reaping_an_attempt_never_fails_for_want_of_a_guard(monkeypatch: pytest.
 
     monkeypatch.setattr(g, "_spawn", cannot_spawn)
     assert execution.wait(10) == 0  # the watcher goes on to report the attempt
+
+
+# --- the reaper: every attempt followed by one thread ---------------------------------------------
+
+class Followed:
+    """A started reaper that records its calls; `deadline` kills the attempt as the worker does."""
+
+    def __init__(self) -> None:
+        self.ended: list[runner.Execution] = []
+        self.overdue: list[runner.Execution] = []
+        self.reaper = runner.Reaper(self.ended.append, self._overdue)
+        self.reaper.start()
+
+    def _overdue(self, execution: runner.Execution) -> None:
+        self.overdue.append(execution)
+        execution.killed_for = "deadline"
+        os.killpg(execution.pid, signal.SIGKILL)
+
+    def run(self, command: list[str], deadline: float | None = None) -> runner.Execution:
+        execution = runner.start("j", len(self.ended) + 1, command, deadline, follow=False)
+        self.reaper.add(execution)
+        return execution
+
+    def wait_ended(self, count: int, seconds: float = 10) -> None:
+        deadline = time.monotonic() + seconds
+        while len(self.ended) < count:
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+
+
+@pytest.fixture
+def followed() -> Iterator[Followed]:
+    f = Followed()
+    yield f
+    f.reaper.stop()
+
+
+def test_the_reaper_reads_output_and_sees_exits_without_a_thread_per_attempt(followed: Followed) -> None:
+    threads = threading.active_count()
+    runs = [followed.run([PY, "-c", f"print('out', {i}); raise SystemExit({i % 2})"]) for i in range(12)]
+    assert threading.active_count() == threads
+    followed.wait_ended(12)
+    assert sorted(followed.ended, key=runs.index) == runs
+    for i, execution in enumerate(runs):
+        assert execution.tail.text() == f"out {i}\n"
+        assert execution.outcome().state == ("completed" if i % 2 == 0 else "failed")
+    assert len(followed.reaper) == 0
+
+
+def test_the_reaper_tells_a_deadline_once_and_then_the_end(followed: Followed) -> None:
+    execution = followed.run([PY, "-c", "import time; time.sleep(60)"], deadline=0.2)
+    followed.wait_ended(1)
+    assert followed.overdue == [execution]
+    outcome = execution.outcome()
+    assert (outcome.state, outcome.reason) == ("failed", "DeadlineExceeded")
+
+
+def test_a_child_holding_the_output_open_does_not_hold_the_end(
+    followed: Followed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "TAIL_WAIT_SECONDS", 0.3)
+    code = ("import subprocess, sys\n"
+            "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.5); print(\"late\")'])\n"
+            "print('leader', kid.pid, flush=True)\n")
+    execution = followed.run([PY, "-c", code])
+    followed.wait_ended(1, seconds=1.2)  # the end, while the child still runs
+    assert execution.outcome().state == "completed"
+    kid = int(execution.tail.text().split()[1])
+    assert not gone(kid)
+    # Its output is still read (the child never blocks on a full pipe), then the pipe is let go.
+    deadline = time.monotonic() + 10
+    while len(followed.reaper) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "late" in execution.tail.text() and len(followed.reaper) == 0
+
+
+def test_without_pidfds_the_reaper_polls(followed: Followed, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(os, "pidfd_open")
+    execution = followed.run([PY, "-c", "print('polled')"])
+    followed.wait_ended(1)
+    assert execution.tail.text() == "polled\n" and execution.outcome().state == "completed"
+
+
+def test_a_failing_handler_does_not_stop_the_reaper() -> None:
+    ended: list[runner.Execution] = []
+
+    def flaky(execution: runner.Execution) -> None:
+        ended.append(execution)
+        if len(ended) == 1:
+            raise RuntimeError("boom")
+
+    reaper = runner.Reaper(flaky, lambda e: None)
+    reaper.start()
+    try:
+        for i in (1, 2):
+            execution = runner.start("j", i, [PY, "-c", "pass"], follow=False)
+            reaper.add(execution)
+            deadline = time.monotonic() + 10
+            while len(ended) < i:
+                assert time.monotonic() < deadline, "timed out"
+                time.sleep(0.01)
+    finally:
+        reaper.stop()
