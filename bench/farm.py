@@ -120,9 +120,9 @@ class Workers:
             log = (self.workdir / f"worker-{name}.log").open("ab")
             self.processes.append(subprocess.Popen(
                 [sys.executable, "-m", "controller.cli.worker_cmd", "--server", self.url, "--name", name,
-                 "--token", token, "--slots", str(self.slots), "--drain-seconds", "1", "--log-level", "WARNING"],
+                 "--slots", str(self.slots), "--drain-seconds", "1", "--log-level", "WARNING"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True,
-                env={k: v for k, v in os.environ.items() if k != "FFRTMP_TOKEN"},
+                env={**os.environ, "FFRTMP_TOKEN": token},  # not in argv, which every user can read
             ))
             log.close()
 

@@ -267,7 +267,7 @@ class LiveFarm:
             command = [sys.executable, "-m", "controller", "worker"]
         else:
             command = [sys.executable, "-m", "controller.cli.worker_cmd"]
-        command += ["--server", self.url, "--name", name, "--token", token, "--slots", str(slots),
+        command += ["--server", self.url, "--name", name, "--slots", str(slots),
                     "--drain-seconds", str(drain_seconds)]
         for key, value in (labels or {}).items():
             command += ["--label", f"{key}={value}"]
@@ -276,7 +276,8 @@ class LiveFarm:
         with log.open("ab") as out:
             process = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
-                env={**self.controller.env, "FFRTMP_E2E_RUN": self.marker},
+                # The token through the environment, as operators should: argv is public.
+                env={**self.controller.env, "FFRTMP_E2E_RUN": self.marker, "FFRTMP_TOKEN": token},
                 stdin=subprocess.PIPE if gated else None,
             )
         worker = WorkerProcess(name, process, log, token)
