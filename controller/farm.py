@@ -155,7 +155,8 @@ class Farm:
     """Idle heartbeats recorded through `writer` (see `controller.beats`)."""
 
     def __post_init__(self) -> None:
-        self.writer = GroupCommit(self.store)
+        writers = self.config.database.postgres_writers if self.store.dialect == "postgresql" else 1
+        self.writer = GroupCommit(self.store, writers=writers)
         self.beats = BeatBatcher(self.writer, self.clock)
 
     def close(self) -> None:

@@ -14,7 +14,16 @@ each event loop in one hand-off, not one wake-up per request.
 A unit that raises is rolled back to its savepoint and its exception is delivered
 to its caller; the other units of the batch are unaffected. If the batch cannot
 commit, every unit of it is run again alone, in its own transaction, so that one
-bad unit cannot fail the others.
+bad unit cannot fail the others. A deadlock or serialization failure (PostgreSQL
+aborts one of two transactions that wait on each other) is no unit's fault: it
+fails the batch, whose units are then run alone, each up to `TRANSIENT_TRIES` times.
+
+On PostgreSQL several writer threads may run batches side by side (`writers`): a
+commit there waits for a round trip per statement and for the WAL flush, time in
+which another batch can run; the database's row locks keep them apart, as they keep
+replicas apart. A second thread starts only when work is queued and no writer is
+waiting for it. On SQLite one writer is all there is (it writes one transaction at
+a time).
 """
 
 from __future__ import annotations
@@ -42,6 +51,11 @@ MAX_BATCH = 256
 _SAVEPOINT = "SAVEPOINT ffrtmp_unit"
 _ROLLBACK_TO = "ROLLBACK TO SAVEPOINT ffrtmp_unit"
 _RELEASE = "RELEASE SAVEPOINT ffrtmp_unit"
+
+TRANSIENT_TRIES = 3
+"""How many times a unit run alone is tried when its transaction deadlocks."""
+
+_TRANSIENT_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
 
 IDLE_EXIT_SECONDS = 2.0
 """The writer thread ends after this long without work, and starts again with the next unit."""
@@ -119,6 +133,16 @@ class Written(Generic[T]):
             handoffs.setdefault(waiter[0], []).append((waiter[1], ok, value))
 
 
+def transient(exc: BaseException) -> bool:
+    """True for a deadlock or serialization failure: the same transaction may well succeed again."""
+    original = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's exception
+    return getattr(original, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0]
+
+
 def _wake(items: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
     """On the event loop: hand each waiting coroutine its result."""
     for waiting, ok, value in items:
@@ -161,17 +185,23 @@ class _Unit(Generic[T]):
 class GroupCommit:
     """One writer thread that runs units of work in shared transactions."""
 
-    def __init__(self, store: Store, max_batch: int = MAX_BATCH, name: str = "ffrtmp-writer") -> None:
+    def __init__(
+        self, store: Store, max_batch: int = MAX_BATCH, name: str = "ffrtmp-writer", writers: int = 1
+    ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.name = name
+        self.writers = writers
+        """At most this many writer threads run batches at once."""
         self._queue: queue.SimpleQueue[list[_Unit[Any]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         # Units submitted on an event loop wait for the end of the loop's current turn and
         # go to the writer together: one wake-up of its thread, not one per request.
         self._staged: list[_Unit[Any]] = []
         self._flush_scheduled = False
-        self._thread: threading.Thread | None = None
+        self._threads: set[threading.Thread] = set()
+        self._waiting = 0
+        """Writer threads waiting for work (under `_lock`)."""
         self._closed = False
         self.batches = 0
         self.units = 0
@@ -246,38 +276,45 @@ class GroupCommit:
                 self._hand_over(staged)
 
     def _hand_over(self, units: list[_Unit[Any]]) -> None:
-        # Under self._lock: the writer thread ends only when it finds nothing under it.
+        # Under self._lock: a writer thread ends only when it finds nothing under it.
         self._queue.put(units)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
+        if self._waiting == 0 and len(self._threads) < self.writers:
+            thread = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads) + 1}",
+                                      daemon=True)
+            self._threads.add(thread)
+            self._waiting += 1  # until it takes its first batch
+            thread.start()
 
     def close(self) -> None:
         """Finish what is queued, then refuse new work."""
         with self._lock:
             self._closed = True
-            thread = self._thread
             if self._staged:  # its loop may never turn again
                 self._hand_over(self._staged)
                 self._staged = []
-                thread = self._thread
-            if thread is not None:
-                self._queue.put(None)  # after every unit already queued
-        if thread is not None:
+            threads = list(self._threads)
+            for _ in threads:
+                self._queue.put(None)  # after every unit already queued: one end per thread
+        for thread in threads:
             thread.join(timeout=30)
 
     def _run(self) -> None:
+        me = threading.current_thread()
         while True:
             try:
                 first = self._queue.get(timeout=IDLE_EXIT_SECONDS)
             except queue.Empty:
                 with self._lock:
                     if self._queue.empty():
-                        self._thread = None
+                        self._threads.discard(me)
+                        self._waiting -= 1
                         return
                 continue
-            if first is None:
-                return
+            with self._lock:
+                self._waiting -= 1
+                if first is None:
+                    self._threads.discard(me)
+                    return
             batch = list(first)
             end = False
             while len(batch) < self.max_batch:
@@ -292,20 +329,27 @@ class GroupCommit:
             batch.sort(key=lambda u: u.key)  # stable: arrival order within a key
             for start in range(0, len(batch), self.max_batch):
                 self._commit(batch[start:start + self.max_batch])
-            if end:
-                return
+            with self._lock:
+                if end:
+                    self._threads.discard(me)
+                    return
+                self._waiting += 1
 
-    def _commit(self, batch: list[_Unit[Any]]) -> None:
+    def _commit(self, batch: list[_Unit[Any]], tries: int = 1) -> None:
         results: list[tuple[bool, Any]] = []
         try:
             with self.store.write() as session:
                 results = self._run_units(session, batch)
         except Exception as exc:
             if len(batch) == 1:
-                self._deliver(batch, [(False, exc)])
+                if transient(exc) and tries < TRANSIENT_TRIES:
+                    log.info("[Store] A write was aborted (%s): trying again", _first_line(exc))
+                    self._commit(batch, tries + 1)
+                else:
+                    self._deliver(batch, [(False, exc)])
                 return
             log.warning("[Store] A batch of %d writes could not commit (%s): writing them one by one",
-                        len(batch), exc)
+                        len(batch), _first_line(exc))
             for unit in batch:
                 self._commit([unit])
             return
@@ -344,6 +388,8 @@ class GroupCommit:
             try:
                 result = unit.work(session)
             except Exception as exc:
+                if transient(exc):
+                    raise  # not this unit's fault: the batch is written again (see `_commit`)
                 cursor.execute(_ROLLBACK_TO)
                 cursor.execute(_RELEASE)
                 return False, exc

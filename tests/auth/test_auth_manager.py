@@ -566,6 +566,9 @@ def test_the_in_memory_check_queues_the_last_used_write_with_the_writer(store: S
     try:
         issued = auth.issue_token("w1", Role.WORKER, node="n1", now=T0)
         auth.authenticate(issued.token, now=T0)  # looked up and touched (through the writer)
+        flushed = auth.writer.submit(lambda session: None)  # one writer: after the touch
+        assert flushed is not None
+        flushed.result(5)
         auth.authenticate(issued.token, now=T0 + timedelta(seconds=40))  # looked up again
         at = T0 + timedelta(seconds=61)
         # Due for its write again: answered in memory all the same, the write queued.

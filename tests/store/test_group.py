@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 from sqlmodel import Session
 
+from controller.store import group
 from controller.store.engine import Store
 from controller.store.group import GroupCommit, Written
 from controller.store.transitions import nodes_t
@@ -26,6 +29,20 @@ def insert(name: str) -> object:
     return work
 
 
+def hold(writer: GroupCommit, gate: threading.Event) -> Written[bool] | None:
+    """A unit that keeps the writer busy until `gate` is set; returns once it runs, so that
+    the units submitted next queue up into one batch."""
+    running = threading.Event()
+
+    def work(session: Session) -> bool:
+        running.set()
+        return gate.wait(5)
+
+    held = writer.submit(work)
+    assert running.wait(5)
+    return held
+
+
 def names(store: Store) -> list[str]:
     with store.read() as session:
         return sorted(session.execute(sa.select(nodes_t.c.name)).scalars())
@@ -35,7 +52,7 @@ def test_a_failing_unit_is_undone_alone_and_gets_its_own_error(store: Store) -> 
     writer = GroupCommit(store)
     gate = threading.Event()
     # Hold the writer on a first unit so that the next ones are queued into one batch.
-    first = writer.submit(lambda session: gate.wait(5))
+    first = hold(writer, gate)
     assert first is not None
 
     def half_then_fail(session: Session) -> None:
@@ -57,7 +74,7 @@ def test_a_failing_unit_is_undone_alone_and_gets_its_own_error(store: Store) -> 
 def test_a_batch_that_cannot_commit_is_written_one_by_one(store: Store) -> None:
     writer = GroupCommit(store)
     gate = threading.Event()
-    held = writer.submit(lambda session: gate.wait(5))
+    held = hold(writer, gate)
     # The same name twice: without savepoints the second insert fails the whole batch;
     # written again one by one, only that one fails.
     units = [writer.submit(insert("x"), savepoint=False), writer.submit(insert("x"), savepoint=False),
@@ -80,7 +97,7 @@ def test_units_run_in_key_order_within_a_batch(store: Store) -> None:
     writer = GroupCommit(store)
     gate = threading.Event()
     order: list[str] = []
-    held = writer.submit(lambda session: gate.wait(5))
+    held = hold(writer, gate)
     futures = [writer.submit(lambda session, k=k: order.append(k), key=("node", k)) for k in ("c", "a", "b")]
     gate.set()
     assert held is not None
@@ -103,7 +120,7 @@ def test_units_of_one_together_function_run_in_one_call_in_their_place(store: St
         order.append("together")
         return [item.upper() for item in items]
 
-    held = writer.submit(lambda session: gate.wait(5))
+    held = hold(writer, gate)
     units = [writer.submit_together(together, "b", key=("node", "b")),
              writer.submit(lambda session: order.append("a"), key=("node", "a")),
              writer.submit_together(together, "c", key=("node", "c")),
@@ -127,7 +144,7 @@ def test_a_together_call_that_fails_is_retried_one_unit_at_a_time(store: Store) 
             raise RuntimeError("the database failed")
         return items
 
-    held = writer.submit(lambda session: gate.wait(5))
+    held = hold(writer, gate)
     units = [writer.submit_together(together, name, rescue=lambda exc: f"rescued: {exc}")
              for name in ("ok", "bad", "fine")]
     gate.set()
@@ -154,7 +171,7 @@ def test_coroutines_await_their_units_and_get_results_or_exceptions(store: Store
 
     async def scenario() -> tuple[list[object], str, object]:
         gate = threading.Event()
-        held = writer.submit(lambda session: gate.wait(5))
+        held = writer.submit(lambda session: gate.wait(5))  # staged: the loop hands it over with the rest
         written = [writer.submit(insert(f"n{i}")) for i in range(20)]
         failed = writer.submit(fail)
         transformed = writer.submit(insert("t"), then=lambda name: name.upper())
@@ -175,7 +192,7 @@ def test_coroutines_await_their_units_and_get_results_or_exceptions(store: Store
 def test_an_abandoned_await_does_not_break_the_batch(store: Store) -> None:
     writer = GroupCommit(store)
     gate = threading.Event()
-    held = writer.submit(lambda session: gate.wait(5))
+    held = hold(writer, gate)
 
     async def scenario() -> None:
         slow = writer.submit(insert("abandoned"))
@@ -194,3 +211,81 @@ def test_an_abandoned_await_does_not_break_the_batch(store: Store) -> None:
 
 async def _awaited(written: Written[str]) -> str:
     return await written
+
+
+# --- several writers on PostgreSQL ----------------------------------------------------------------
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_on_postgresql_writer_threads_run_batches_side_by_side(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group, "IDLE_EXIT_SECONDS", 0.2)
+    writer = GroupCommit(store, writers=3)
+    barrier = threading.Barrier(3, timeout=5)  # broken unless three batches run at once
+    ran_on: list[str] = []
+
+    def meet(session: Session) -> int:
+        ran_on.append(threading.current_thread().name)
+        session.execute(sa.text("SELECT 1"))
+        return barrier.wait()
+
+    units = []
+    for i in range(3):  # each submitted once the one before runs: all writers are busy
+        units.append(writer.submit(meet))
+        deadline = time.monotonic() + 5
+        while len(ran_on) <= i and time.monotonic() < deadline:
+            time.sleep(0.005)
+    extra = writer.submit(insert("later"))  # all three busy: queued, no fourth thread
+    assert sorted(u.result(10) for u in units if u is not None) == [0, 1, 2]
+    assert extra is not None and extra.result(10) == "later"
+    assert len(set(ran_on)) == 3 and len(writer._threads) <= 3
+    deadline = time.monotonic() + 5
+    while writer._threads and time.monotonic() < deadline:  # idle threads end
+        time.sleep(0.02)
+    assert not writer._threads
+    assert writer.submit(insert("again")) is not None  # and start again with the next unit
+    writer.close()
+    assert names(store) == ["again", "later"]
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_deadlock_between_two_batches_is_written_again_not_answered(store: Store) -> None:
+    for unit in (insert("a"), insert("b")):
+        with store.write() as session:
+            unit(session)
+    writer = GroupCommit(store, writers=2)
+    locked = {"a": threading.Event(), "b": threading.Event()}
+    runs: list[str] = []
+
+    def both(first: str, second: str) -> Callable[[Session], str]:
+        def work(session: Session) -> str:
+            runs.append(first)
+            bump = sa.update(nodes_t).values(slots=nodes_t.c.slots + 1)
+            session.execute(bump.where(nodes_t.c.name == first))
+            locked[first].set()
+            locked[second].wait(5)  # each holds its row and wants the other's: a deadlock
+            session.execute(bump.where(nodes_t.c.name == second))
+            return first
+        return work
+
+    units = [writer.submit(both("a", "b"))]
+    assert locked["a"].wait(5)  # running: the next unit goes to a second writer
+    units.append(writer.submit(both("b", "a")))
+    assert sorted(u.result(30) for u in units if u is not None) == ["a", "b"]
+    assert len(runs) == 3  # one of them was aborted by PostgreSQL and ran again
+    with store.read() as session:
+        slots = {name: n for name, n in session.execute(sa.select(nodes_t.c.name, nodes_t.c.slots))}
+    assert slots == {"a": 3, "b": 3}
+    writer.close()
+
+
+def test_only_deadlocks_and_serialization_failures_are_transient() -> None:
+    class DriverError(Exception):
+        def __init__(self, sqlstate: str | None) -> None:
+            super().__init__(sqlstate)
+            self.sqlstate = sqlstate
+
+    assert group.transient(sa.exc.OperationalError("UPDATE", {}, DriverError("40P01")))
+    assert group.transient(DriverError("40001"))
+    assert not group.transient(sa.exc.IntegrityError("INSERT", {}, DriverError("23505")))
+    assert not group.transient(ValueError("refused"))
