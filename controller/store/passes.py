@@ -70,7 +70,7 @@ def _eligible_statement(dialect: str, after: bool, lock: bool, batch: int) -> sa
             sa.bindparam("after_name", type_=jobs_t.c.name.type),
         ))
     if lock and dialect == "postgresql":
-        statement = statement.with_for_update(skip_locked=True)
+        statement = statement.with_for_update(skip_locked=True, key_share=True)
     return statement
 
 
@@ -125,7 +125,7 @@ def _schedulable(only: bool, lock: bool, skip_locked: bool) -> Prepared:
         if only:
             statement = statement.where(nodes_t.c.id == sa.bindparam("only"))
         if lock and dialect == "postgresql":
-            statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked)
+            statement = statement.with_for_update(of=nodes_t, skip_locked=skip_locked, key_share=True)
         return statement
 
     return Prepared(build)
@@ -134,7 +134,7 @@ def _schedulable(only: bool, lock: bool, skip_locked: bool) -> Prepared:
 def schedulable_nodes(
     session: Session, only: int | None = None, lock: bool = False, skip_locked: bool = False
 ) -> list[SchedulableNode]:
-    """Ready, schedulable (not cordoned, not draining) nodes (or just `only`), locked FOR UPDATE
+    """Ready, schedulable (not cordoned, not draining) nodes (or just `only`), locked FOR NO KEY UPDATE
     on PostgreSQL when asked.
 
     Only the columns placement uses. Every binding to a node happens under that node's

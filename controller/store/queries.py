@@ -298,7 +298,7 @@ _ATTEMPT_ROW = Prepared(lambda _: sa.select(attempts_t).where(
 def _by_name(table: sa.Table, lock: bool) -> Prepared:
     def build(dialect: str) -> sa.Select[Any]:
         statement = sa.select(table).where(table.c.name == sa.bindparam("name"))
-        return statement.with_for_update() if lock and dialect == "postgresql" else statement
+        return statement.with_for_update(key_share=True) if lock and dialect == "postgresql" else statement
     return Prepared(build)
 
 
@@ -307,10 +307,10 @@ _JOB_BY_NAME = {lock: _by_name(jobs_t, lock) for lock in (False, True)}
 
 
 def node_by_name(session: Session, name: str, lock: bool = False) -> Any:
-    """The node row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
+    """The node row called `name`, or None (locked FOR NO KEY UPDATE on PostgreSQL when asked)."""
     return _NODE_BY_NAME[lock].first(connection_of(session), name=name)
 
 
 def job_by_name(session: Session, name: str, lock: bool = False) -> Any:
-    """The job row called `name`, or None (locked FOR UPDATE on PostgreSQL when asked)."""
+    """The job row called `name`, or None (locked FOR NO KEY UPDATE on PostgreSQL when asked)."""
     return _JOB_BY_NAME[lock].first(connection_of(session), name=name)
