@@ -24,7 +24,7 @@ from controller.domain.policy import (
     retry_or_fail,
 )
 from controller.domain.queue import FreeNode, Placement, Requirements, merge_classes, requirements
-from controller.domain.states import JobStatus, NodeStatus, Priority, Reason
+from controller.domain.states import JobStatus, NodeStatus, Reason
 from controller.manifests.schema import placeholders
 from controller.store import passes, queries
 from controller.store.audit import write_audit
@@ -140,7 +140,8 @@ def schedule(
     With `only_node`, only that node is filled (the heartbeat path); the rules are
     the same. A job that fits no node is skipped and never blocks the ones behind it.
     """
-    if not queries.any_pending(session):
+    classes = queries.pending_priorities(session)
+    if not classes:
         return []
     # The pass skips nodes whose heartbeat holds them (that heartbeat fills them itself);
     # then it saw part of the farm only, and must not conclude that no node matches a job.
@@ -162,7 +163,9 @@ def schedule(
     # The heartbeat path fills one node: lock (SKIP LOCKED) a few candidates at a time, not
     # a batch of hundreds that the other replicas would then have to skip over.
     batch = max(4 * placement.remaining, 16) if only_node is not None else 500
-    runs = {p: passes.eligible_run(session, p, now, batch=batch, lock=True) for p in Priority}
+    # Only the classes that hold pending jobs: an empty class would cost a query (and, on
+    # the heartbeat path, most of its statements) for nothing.
+    runs = {p: passes.eligible_run(session, p, now, batch=batch, lock=True) for p in classes}
     bindings: list[Binding] = []
     transitions: list[JobTransition] = []
     reasons: list[tuple[int, str | None, str | None]] = []

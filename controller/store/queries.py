@@ -132,6 +132,21 @@ def any_pending(session: Session) -> bool:
     return _ANY_PENDING.first(connection_of(session)) is not None
 
 
+# One EXISTS probe of the queue index per class, in one statement (ranks as literals: the
+# partial index serves each probe as a seek).
+_PENDING_RANKS = Prepared(lambda _: sa.union_all(*(
+    sa.select(sa.literal_column(str(p.rank)).label("rank")).where(sa.exists(
+        sa.select(jobs_t.c.id).where(IS_PENDING, jobs_t.c.priority == sa.literal_column(str(p.rank)))))
+    for p in Priority
+)))
+
+
+def pending_priorities(session: Session) -> list[Priority]:
+    """The priority classes that hold at least one pending job, highest first."""
+    ranks = {rank for (rank,) in _PENDING_RANKS.tuples(connection_of(session))}
+    return [p for p in Priority if p.rank in ranks]
+
+
 def jobs_on_lost_nodes(session: Session) -> list[ActiveJob]:
     """Assigned or running jobs whose node is dead or gone.
 

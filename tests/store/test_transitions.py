@@ -16,7 +16,7 @@ from controller.farm import Farm
 from controller.manifests.validate import validate_texts
 from controller.reconcile import Reconciler
 from controller.sources.apply import Origin
-from controller.store import passes, views
+from controller.store import passes, queries, views
 from controller.store.engine import Store
 from controller.store.models import AuditLog, Job
 from controller.store.transitions import (
@@ -125,6 +125,20 @@ def test_pending_queue_scan_reads_in_batches(store: Store) -> None:
     with store.read() as session:
         stats = views.queue_stats(session)
     assert stats["totalAssigned"] == 4 and stats["totalPending"] == 0
+
+
+
+def test_the_pending_classes_are_probed_in_one_statement(store: Store) -> None:
+    farm = seeded(store)  # one pending job each of batch, live, medium, high
+    with store.read() as session:
+        assert queries.pending_priorities(session) == [Priority.LIVE, Priority.HIGH, Priority.MEDIUM,
+                                                       Priority.BATCH]
+    farm.heartbeat("w1", slots=2, now=at(0))  # takes live and high
+    with store.read() as session:
+        assert queries.pending_priorities(session) == [Priority.MEDIUM, Priority.BATCH]
+    farm.heartbeat("w2", slots=2, now=at(1))
+    with store.read() as session:
+        assert queries.pending_priorities(session) == []
 
 
 _TEXT = st.text(max_size=12)
