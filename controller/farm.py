@@ -618,8 +618,10 @@ class Farm:
         at = self._now(now)
 
         def work(session: Session) -> _Reported:
-            row = self._job(session, job)
-            node_name = self._node_name(session, row.node_id)
+            row = queries.job_with_node(session, job, lock=True)
+            if row is None:
+                raise NotFound(f"job {job!r} not found")
+            node_name = row.node_name
             status = JobStatus(row.status)
             if node_bound:
                 # The current active attempt runs on the job's node; older ones say in their history.

@@ -326,6 +326,27 @@ def node_by_name(session: Session, name: str, lock: bool = False) -> Any:
     return _NODE_BY_NAME[lock].first(connection_of(session), name=name)
 
 
+def _job_with_node(lock: bool) -> Prepared:
+    def build(dialect: str) -> sa.Select[Any]:
+        statement = (
+            sa.select(jobs_t, nodes_t.c.name.label("node_name"))
+            .select_from(jobs_t.outerjoin(nodes_t, nodes_t.c.id == jobs_t.c.node_id))
+            .where(jobs_t.c.name == sa.bindparam("name"))
+        )
+        if lock and dialect == "postgresql":  # the job's row only (the node is the outer side)
+            statement = statement.with_for_update(of=jobs_t, key_share=True)
+        return statement
+    return Prepared(build)
+
+
+_JOB_WITH_NODE = {lock: _job_with_node(lock) for lock in (False, True)}
+
+
+def job_with_node(session: Session, name: str, lock: bool = False) -> Any:
+    """`job_by_name` plus `node_name`: the name of the job's node, None without one (one read)."""
+    return _JOB_WITH_NODE[lock].first(connection_of(session), name=name)
+
+
 def job_by_name(session: Session, name: str, lock: bool = False) -> Any:
     """The job row called `name`, or None (locked FOR NO KEY UPDATE on PostgreSQL when asked)."""
     return _JOB_BY_NAME[lock].first(connection_of(session), name=name)
