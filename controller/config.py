@@ -44,14 +44,14 @@ class DatabaseConfig(_Section):
     sqlite_cache_mib: int = Field(default=64, ge=0)
     """SQLite page cache per connection, in MiB (`PRAGMA cache_size`); filled only as
     pages are read. 0 keeps SQLite's default (2 MiB)."""
-    postgres_writers: int = Field(default=4, ge=1, le=32)
-    """On PostgreSQL, how many threads write the worker protocol's batched writes
-    (heartbeats, reports, submissions) side by side: a commit there waits on round trips
-    and the WAL flush, time another batch can use. SQLite writes with one."""
     sqlite_checkpoint_seconds: float = Field(default=1.0, ge=0)
     """The controller copies the WAL into the database file from a thread of its own
     this often, instead of inside the commit that crosses 1,000 pages. 0: SQLite's
     automatic checkpoint at commit."""
+    postgres_writers: int = Field(default=4, ge=1, le=32)
+    """On PostgreSQL, how many threads write the worker protocol's batched writes
+    (heartbeats, reports, submissions) side by side: a commit there waits on round trips
+    and the WAL flush, time another batch can use. SQLite writes with one."""
 
 
 class FaultToleranceConfig(_Section):
