@@ -256,18 +256,22 @@ def test_the_reaper_tells_a_deadline_once_and_then_the_end(followed: Followed) -
 
 
 def test_a_child_holding_the_output_open_does_not_hold_the_end(
-    followed: Followed, monkeypatch: pytest.MonkeyPatch
+    followed: Followed, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(runner, "TAIL_WAIT_SECONDS", 0.3)
+    go = tmp_path / "go"
+    kid_code = (f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+                "print('late', flush=True)\n")
     code = ("import subprocess, sys\n"
-            "kid = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.5); print(\"late\")'])\n"
+            f"kid = subprocess.Popen([sys.executable, '-c', {kid_code!r}])\n"
             "print('leader', kid.pid, flush=True)\n")
     execution = followed.run([PY, "-c", code])
-    followed.wait_ended(1, seconds=1.2)  # the end, while the child still runs
+    followed.wait_ended(1)  # the leader's end, while its child still holds the output
     assert execution.outcome().state == "completed"
     kid = int(execution.tail.text().split()[1])
-    assert not gone(kid)
+    assert not gone(kid) and len(followed.reaper) == 1
     # Its output is still read (the child never blocks on a full pipe), then the pipe is let go.
+    go.touch()
     deadline = time.monotonic() + 10
     while len(followed.reaper) and time.monotonic() < deadline:
         time.sleep(0.02)
