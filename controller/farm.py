@@ -155,8 +155,9 @@ class Farm:
     """Idle heartbeats recorded through `writer` (see `controller.beats`)."""
 
     def __post_init__(self) -> None:
-        writers = self.config.database.postgres_writers if self.store.dialect == "postgresql" else 1
-        self.writer = GroupCommit(self.store, writers=writers)
+        postgres = self.store.dialect == "postgresql"
+        writers = self.config.database.postgres_writers if postgres else 1
+        self.writer = GroupCommit(self.store, writers=writers, savepoints=not postgres)
         self.beats = BeatBatcher(self.writer, self.clock)
 
     def close(self) -> None:

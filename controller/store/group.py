@@ -18,6 +18,12 @@ bad unit cannot fail the others. A deadlock or serialization failure (PostgreSQL
 aborts one of two transactions that wait on each other) is no unit's fault: it
 fails the batch, whose units are then run alone, each up to `TRANSIENT_TRIES` times.
 
+On PostgreSQL a savepoint costs two round trips (of a report's seven or so), so
+there the units run without them (`savepoints=False`) and a unit that raises undoes
+the whole transaction: the units before it are written again together, the failed
+one alone (its own outcome), then those after it together. A failure costs at most
+three transactions more, however large the batch.
+
 On PostgreSQL several writer threads may run batches side by side (`writers`): a
 commit there waits for a round trip per statement and for the WAL flush, time in
 which another batch can run; the database's row locks keep them apart, as they keep
@@ -133,6 +139,15 @@ class Written(Generic[T]):
             handoffs.setdefault(waiter[0], []).append((waiter[1], ok, value))
 
 
+class _UnitFailed(Exception):
+    """A unit raised in a batch written without savepoints: which one, and what."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(f"unit {index} failed: {error}")
+        self.index = index
+        self.error = error
+
+
 def transient(exc: BaseException) -> bool:
     """True for a deadlock or serialization failure: the same transaction may well succeed again."""
     original = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's exception
@@ -186,13 +201,16 @@ class GroupCommit:
     """One writer thread that runs units of work in shared transactions."""
 
     def __init__(
-        self, store: Store, max_batch: int = MAX_BATCH, name: str = "ffrtmp-writer", writers: int = 1
+        self, store: Store, max_batch: int = MAX_BATCH, name: str = "ffrtmp-writer", writers: int = 1,
+        savepoints: bool = True,
     ) -> None:
         self.store = store
         self.max_batch = max_batch
         self.name = name
         self.writers = writers
         """At most this many writer threads run batches at once."""
+        self.savepoints = savepoints
+        """False: units run without savepoints; one that raises splits its batch (module doc)."""
         self._queue: queue.SimpleQueue[list[_Unit[Any]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         # Units submitted on an event loop wait for the end of the loop's current turn and
@@ -340,6 +358,17 @@ class GroupCommit:
         try:
             with self.store.write() as session:
                 results = self._run_units(session, batch)
+        except _UnitFailed as failed:
+            if len(batch) == 1:
+                self._deliver(batch, [(False, failed.error)])
+                return
+            # Written again in arrival order: the units before the failed one (they wrote
+            # without error), the failed one alone, then the rest.
+            i = failed.index
+            for part in (batch[:i], batch[i:i + 1], batch[i + 1:]):
+                if part:
+                    self._commit(part)
+            return
         except Exception as exc:
             if len(batch) == 1:
                 if transient(exc) and tries < TRANSIENT_TRIES:
@@ -369,6 +398,13 @@ class GroupCommit:
                 values = unit.together(session, [batch[i].item for i in group])
                 early.update((i, (True, value)) for i, value in zip(group, values, strict=True))
                 results.append(early.pop(index))
+            elif unit.work is not None and unit.savepoint and not self.savepoints:
+                try:
+                    results.append((True, unit.work(session)))
+                except Exception as exc:
+                    if transient(exc):
+                        raise  # not this unit's fault: the batch is written again (see `_commit`)
+                    raise _UnitFailed(index, exc) from exc
             else:
                 results.append(self._attempt(session, unit))
         return results

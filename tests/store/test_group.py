@@ -71,6 +71,34 @@ def test_a_failing_unit_is_undone_alone_and_gets_its_own_error(store: Store) -> 
     writer.close()
 
 
+def test_without_savepoints_a_failing_unit_splits_its_batch_in_three(store: Store) -> None:
+    writer = GroupCommit(store, savepoints=False)  # PostgreSQL's setting (savepoints cost round trips)
+    gate = threading.Event()
+    first = hold(writer, gate)
+
+    def half_then_fail(session: Session) -> None:
+        insert("half")(session)
+        raise ValueError("refused")
+
+    def grow(session: Session) -> int:  # needs "a", written before it in the batch
+        return session.execute(sa.update(nodes_t).where(nodes_t.c.name == "a")
+                               .values(slots=nodes_t.c.slots + 1)).rowcount
+
+    units = [writer.submit(insert("a")), writer.submit(half_then_fail), writer.submit(insert("b")),
+             writer.submit(grow)]
+    gate.set()
+    assert first is not None and first.result(5) is True
+    assert [u.result(5) for u in (units[0], units[2], units[3]) if u is not None] == ["a", "b", 1]
+    assert units[1] is not None
+    with pytest.raises(ValueError, match="refused"):
+        units[1].result(5)
+    assert names(store) == ["a", "b"]  # the failed unit's insert undone with it
+    # The held unit, then [a], then the failed one alone (no commit), then [b, grow]:
+    # not one transaction per unit.
+    assert writer.batches == 3 and writer.units == 4
+    writer.close()
+
+
 def test_a_batch_that_cannot_commit_is_written_one_by_one(store: Store) -> None:
     writer = GroupCommit(store)
     gate = threading.Event()
