@@ -48,7 +48,7 @@ class DatabaseConfig(_Section):
     """The controller copies the WAL into the database file from a thread of its own
     this often, instead of inside the commit that crosses 1,000 pages. 0: SQLite's
     automatic checkpoint at commit."""
-    postgres_writers: int = Field(default=4, ge=1, le=32)
+    postgres_writers: int = Field(default=2, ge=1, le=32)
     """On PostgreSQL, how many threads write the worker protocol's batched writes
     (heartbeats, reports, submissions) side by side: a commit there waits on round trips
     and the WAL flush, time another batch can use. SQLite writes with one."""
