@@ -8,7 +8,8 @@
 Suites (in this order; ours and the peers alternate, round after round):
   api        heartbeats vs simulated nodes, submissions (one by one, POST /apply), delivery
   dispatch   no-op jobs through real workers, rounds alternating with the peers:
-  peers      huey SqliteHuey, procrastinate (PostgreSQL), raw sqlite3 claim-and-complete
+  peers      huey SqliteHuey, procrastinate (PostgreSQL), raw sqlite3 claim-and-complete,
+             starting `true` with nothing around it (the limit of a process per job)
   replicas   two controllers on one PostgreSQL database vs one (heartbeats, dispatch)
   reconcile  the reconcile pass vs stored jobs/nodes (bench/reconcile.py)
   memory     the controller's peak RSS vs stored jobs
@@ -46,7 +47,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_nodes": [100], "heartbeat_rate": 200, "heartbeat_seconds": 2,
         "one_by_one": 50, "apply_batches": 2, "apply_batch": 200, "delivery": 10,
         "dispatch_jobs": 60, "paced_jobs": 10, "paced_rate": 10, "rounds": 1,
-        "huey_tasks": 200, "procrastinate_jobs": 200, "raw_jobs": 2000, "pg_dispatch_jobs": 0,
+        "huey_tasks": 200, "procrastinate_jobs": 200, "raw_jobs": 2000, "spawn_starts": 500, "pg_dispatch_jobs": 0,
         "scale_workers": [1], "scale_jobs_per_worker": 60, "scale_tasks_per_consumer": 100,
         "replicas": (50, 16, 2, 60, 1), "reconcile": (20_000, 1_000, 1_000), "reconcile_scales": [(2_000, 100, 100)],
         "memory_jobs": [],
@@ -56,7 +57,8 @@ SIZES: dict[str, dict[str, Any]] = {
         "heartbeat_nodes": [100, 1000, 10_000], "heartbeat_rate": 2000, "heartbeat_seconds": 10,
         "one_by_one": 3000, "apply_batches": 20, "apply_batch": 1000, "delivery": 100,
         "dispatch_jobs": 3000, "paced_jobs": 100, "paced_rate": 10, "rounds": 2,
-        "huey_tasks": 5000, "procrastinate_jobs": 3000, "raw_jobs": 20000, "pg_dispatch_jobs": 300,
+        "huey_tasks": 5000, "procrastinate_jobs": 3000, "raw_jobs": 20000, "spawn_starts": 6000,
+        "pg_dispatch_jobs": 300,
         "scale_workers": [1, 2, 4], "scale_jobs_per_worker": 750, "scale_tasks_per_consumer": 1000,
         "replicas": (1000, 32, 10, 600, 2), "reconcile": (1_000_000, 10_000, 10_000),
         "reconcile_scales": [(10_000, 100, 100), (100_000, 1_000, 1_000)],
@@ -123,7 +125,8 @@ def run_api(run: Run) -> dict[str, Any]:
 
 
 def run_dispatch_and_peers(run: Run, with_peers: bool) -> dict[str, Any]:
-    """Rounds of: ours (SQLite), huey noop, huey spawn, raw sqlite3, procrastinate, ours (PostgreSQL)."""
+    """Rounds of: ours (SQLite), huey noop, raw sqlite3, huey spawn, `true` alone, procrastinate,
+    ours (PostgreSQL)."""
     s = run.sizes
     rounds: list[dict[str, Any]] = []
     for r in range(s["rounds"]):
@@ -134,6 +137,7 @@ def run_dispatch_and_peers(run: Run, with_peers: bool) -> dict[str, Any]:
             this["huey_noop"] = _attempt(lambda: peers.huey(s["huey_tasks"], "noop"))
             this["raw_sqlite3"] = _attempt(lambda: peers.raw_sqlite(s["raw_jobs"]))
             this["huey_spawn_true"] = _attempt(lambda: peers.huey(max(s["huey_tasks"] // 5, 100), "spawn_true"))
+            this["spawn_true_limit"] = _attempt(lambda: peers.spawn_limit(s["spawn_starts"]))
             this["procrastinate"] = _attempt(lambda: peers.procrastinate(s["procrastinate_jobs"]))
             if s["pg_dispatch_jobs"]:
                 this["ours_postgresql"] = _attempt(lambda: _ours_on_postgresql(s["pg_dispatch_jobs"]))

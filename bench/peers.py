@@ -11,17 +11,24 @@
   (`BEGIN IMMEDIATE; UPDATE ... RETURNING; COMMIT` to claim the next job in queue order,
   then another transaction to complete it): no HTTP, no framework, no process spawn.
   The raw limit of the storage this product uses.
+- starting `true` with nothing around it: `processes` x `threads` (the farms' layout),
+  each thread `subprocess.run(["true"])` back to back, as a worker starts a job; no
+  queue, no database, no HTTP. The machine's limit for any design that starts a process
+  per job (ours, huey's `spawn_true`): no such design can dispatch faster here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -194,3 +201,44 @@ def raw_sqlite(jobs: int) -> dict[str, Any]:
     return {"peer": "raw sqlite3 claim-and-complete", "durability": "WAL, synchronous=NORMAL", "jobs": jobs,
             "enqueue_per_s": round(jobs / enqueue, 1), "per_s": round(jobs / loop, 1),
             "enqueue_claim_complete_per_s": round(jobs / (enqueue + loop), 1)}
+
+
+def _start_true(count: int, threads: int, start: Any, spans: Any) -> None:
+    """One process of `spawn_limit`: `threads` threads starting `true` `count` times in all."""
+    true = shutil.which("true") or "true"
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            subprocess.run([true], check=False)
+
+    share = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
+    workers = [threading.Thread(target=loop, args=(n,)) for n in share]
+    start.wait()  # every process is up: the interpreters' start-up is not measured
+    began = time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    spans.put((began, time.monotonic()))  # nor their exit
+
+
+def spawn_limit(starts: int, processes: int = 4, threads: int = 8) -> dict[str, Any]:
+    """Processes started per second by `processes` x `threads` starting `true` back to back."""
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, like the consumers
+    start, spans = context.Barrier(processes + 1), context.SimpleQueue()
+    share = [starts // processes + (1 if i < starts % processes else 0) for i in range(processes)]
+    ready = [context.Process(target=_start_true, args=(n, threads, start, spans)) for n in share]
+    for process in ready:
+        process.start()
+    start.wait(timeout=60)
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
+    ended = [spans.get() for _ in ready]  # CLOCK_MONOTONIC: one clock for every process
+    busy = busy_cores(cpu0, wall0)
+    for process in ready:
+        process.join()
+    if any(process.exitcode != 0 for process in ready):
+        raise RuntimeError("a process starting `true` failed")
+    elapsed = max(end for _, end in ended) - min(begin for begin, _ in ended)
+    return {"peer": "starting `true`, no queue", "processes": processes, "threads": threads, "starts": starts,
+            "seconds": round(elapsed, 2), "per_s": round(starts / elapsed, 1), "machine_busy_cores": busy,
+            "cpu_ms_per_start": round(busy * elapsed * 1000 / starts, 3)}

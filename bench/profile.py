@@ -26,7 +26,10 @@ _FRAME = re.compile(r"^(?P<func>\S+) \((?P<file>[^:]+)(?::\d+)?\)$")
 
 
 def _frames(line: str) -> tuple[list[str], int]:
+    """A stack's frames, root first, and its sample count (0: a malformed line)."""
     stack, _, count = line.rpartition(" ")
+    if not count.isdigit():  # py-spy wrote part of a line (seen in a full run): not counted
+        return [], 0
     frames = []
     for raw in stack.split(";"):
         found = _FRAME.match(raw.strip())
@@ -49,6 +52,8 @@ def summarize(raw: str, top: int = 25) -> dict[str, object]:
         if not line.strip():
             continue
         frames, count = _frames(line)
+        if not count:
+            continue
         total += count
         if not frames or frames[-1].split(" (")[0] in IDLE:
             continue

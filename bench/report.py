@@ -35,6 +35,7 @@ def peer_figures(data: dict[str, Any]) -> dict[str, float | None]:
         "huey_spawn_true": _median(rounds, "huey_spawn_true", ("per_s",)),
         "procrastinate": _median(rounds, "procrastinate", ("per_s",)),
         "raw_sqlite3": _median(rounds, "raw_sqlite3", ("per_s",)),
+        "spawn_true_limit": _median(rounds, "spawn_true_limit", ("per_s",)),
         "paced_p50": _median(rounds, "ours_sqlite", ("paced", "submit_to_start_ms", "p50")),
         "paced_p99": _median(rounds, "ours_sqlite", ("paced", "submit_to_start_ms", "p99")),
     }
@@ -162,13 +163,29 @@ def markdown(data: dict[str, Any]) -> str:
              "huey_noop": ("huey SqliteHuey, 4 consumers x 8 threads, no-op task", "huey"),
              "huey_spawn_true": ("huey SqliteHuey, 4 x 8, task starts `true`", "huey"),
              "procrastinate": ("procrastinate, 4 workers x 8, PostgreSQL", "postgresql"),
-             "raw_sqlite3": ("raw sqlite3 claim-and-complete loop, 1 connection", "raw_sqlite3")}
+             "raw_sqlite3": ("raw sqlite3 claim-and-complete loop, 1 connection", "raw_sqlite3"),
+             "spawn_true_limit": ("starting `true`, 4 processes x 8 threads, no queue", "none")}
     for key, (label, durability) in names.items():
         if p.get(key) is not None:
-            lines.append(f"| {label} | {data['durability'][durability]} | {p[key]:,.1f} |")
+            lines.append(f"| {label} | {data['durability'].get(durability, 'none: nothing is stored')} | "
+                         f"{p[key]:,.1f} |")
+    lines += _process_limit(p)
     if data.get("errors"):
         lines += ["", "Suites that failed: " + "; ".join(f"{k}: {v}" for k, v in data["errors"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _process_limit(p: dict[str, float | None]) -> list[str]:
+    """What issue 8's dispatch targets ask of a design that starts a process per job."""
+    limit, noop, raw = p.get("spawn_true_limit"), p.get("huey_noop"), p.get("raw_sqlite3")
+    if not (limit and noop and raw):
+        return []
+    share = ", ".join(f"{label} {value / limit:.2f}" for label, value in (
+        ("ours", p.get("ours_sqlite")), ("huey starting `true`", p.get("huey_spawn_true"))) if value)
+    return ["", f"A process per job: starting `true` with nothing around it peaks at {limit:,.0f}/s on this machine. "
+            f"Dispatch at 1.0x huey's no-op tasks asks for {noop:,.0f} no-op jobs/s ({noop / limit:.2f}x that limit), "
+            f"30% of the raw sqlite3 loop for {0.3 * raw:,.0f}/s ({0.3 * raw / limit:.2f}x). "
+            f"Share of the limit reached: {share}."]
 
 
 def _save(fig: Any, path: Path, written: list[Path]) -> None:

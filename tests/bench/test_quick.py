@@ -30,7 +30,9 @@ def test_quick_run_writes_every_result(tmp_path: Path) -> None:
     assert data["errors"] == {}
     assert set(data["suites"]) == {"api", "dispatch_and_peers", "replicas", "reconcile", "memory", "gitops"}
     round_one = data["suites"]["dispatch_and_peers"]["figures"]["rounds"][0]
-    assert set(round_one) == {"ours_sqlite", "huey_noop", "huey_spawn_true", "raw_sqlite3", "procrastinate"}
+    assert set(round_one) == {"ours_sqlite", "huey_noop", "huey_spawn_true", "raw_sqlite3", "spawn_true_limit",
+                              "procrastinate"}
+    assert round_one["spawn_true_limit"]["per_s"] > 0
     assert round_one["ours_sqlite"]["burst"]["per_s"] > 0
     assert round_one["ours_sqlite"]["failed"] == 0
     replicas = data["suites"]["replicas"]["figures"]
@@ -44,6 +46,7 @@ def test_quick_run_writes_every_result(tmp_path: Path) -> None:
     assert data["durability"]["ours_sqlite"].startswith("WAL, synchronous=NORMAL")
     table = (tmp_path / "results-quick.md").read_text()
     assert "| issue | measure | figure | target | ratio | status |" in table
+    assert "A process per job: starting `true` with nothing around it peaks at" in table
     assert [r["jobs"] for r in data["suites"]["reconcile"]["figures"]["scales"]] == [2_000, 20_000]
     (point,) = data["suites"]["dispatch_and_peers"]["figures"]["scale"]
     assert point["workers"] == 1 and point["ours_sqlite"] and point["huey_noop"] and point["huey_spawn_true"]
