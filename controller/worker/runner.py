@@ -17,6 +17,7 @@ launcher program in between).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import selectors
@@ -30,8 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.worker.guard import TAG_VARIABLE as _TAG_VARIABLE
+
 log = logging.getLogger("controller.worker")
 
+TAG_VARIABLE = _TAG_VARIABLE.decode()
+"""Names, in an attempt's environment, its start as announced to the guard."""
 TAIL_BYTES = 16 * 1024
 """Bytes of output kept per attempt (the end of it), sent with the final report."""
 
@@ -154,10 +159,12 @@ _GUARD = str(Path(__file__).with_name("guard.py"))
 class Guard:
     """The client of this worker's guard process (see `controller.worker.guard`).
 
-    `track` lists an attempt's process group with the guard, `untrack` takes it off
-    once the worker has reaped the attempt; when the worker ends, however it ends, the
-    guard kills the groups still listed. A guard that died is started again on the next
-    call and told every group listed so far.
+    `announce` tells the guard an attempt is about to start (a tag its environment
+    will carry), `track` lists its process group once it has started (or `settle` says
+    it did not), `untrack` takes the group off once the worker has reaped the attempt.
+    When the worker ends, however it ends, the guard kills the groups still listed, and
+    the processes of tags still announced. A guard that died is started again on the
+    next call and told every group and tag listed so far.
     """
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
@@ -165,6 +172,8 @@ class Guard:
         """The guard's environment (None: this process's)."""
         self._lock = threading.Lock()
         self._groups: set[int] = set()
+        self._pending: set[str] = set()
+        self._starts = itertools.count(1)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -178,11 +187,36 @@ class Guard:
             if self._process is None:
                 self._spawn()
 
-    def track(self, pgid: int) -> None:
-        """List a process group: the guard kills it if this worker ends first."""
+    def announce(self) -> str:
+        """A new tag for an attempt about to start; its environment must carry it
+        (`TAG_VARIABLE`), so that the guard finds it if this worker ends before `track`."""
+        with self._lock:
+            tag = f"{os.getpid()}.{next(self._starts)}"
+            self._pending.add(tag)
+            try:
+                self._send(b"?%s\n" % tag.encode())
+            except OSError:  # no guard could be started: nothing starts, nothing to look for
+                self._pending.discard(tag)
+                raise
+        return tag
+
+    def settle(self, tag: str) -> None:
+        """The announced attempt did not start: nothing to look for."""
+        with self._lock:
+            if tag in self._pending:
+                self._pending.discard(tag)
+                self._send(b"!%s\n" % tag.encode())
+
+    def track(self, pgid: int, tag: str | None = None) -> None:
+        """List a process group (started under `tag`, if announced): the guard kills it if
+        this worker ends first."""
         with self._lock:
             self._groups.add(pgid)
-            self._send(b"+%d\n" % pgid)
+            if tag is None:
+                self._send(b"+%d\n" % pgid)
+            else:
+                self._pending.discard(tag)
+                self._send(b"+%d %s\n" % (pgid, tag.encode()))
 
     def untrack(self, pgid: int) -> None:
         """Take a reaped attempt's group off the list (never raises: it runs where the
@@ -211,14 +245,16 @@ class Guard:
         # Isolated (-I) and without site (-S): it needs the standard library only.
         self._process = subprocess.Popen([sys.executable, "-I", "-S", _GUARD], stdin=subprocess.PIPE,
                                          start_new_session=True, env=self._env)
-        if self._groups:
-            self._write(b"".join(b"+%d\n" % g for g in sorted(self._groups)))
+        told = [b"+%d\n" % g for g in sorted(self._groups)]
+        told += [b"?%s\n" % t.encode() for t in sorted(self._pending)]
+        if told:
+            self._write(b"".join(told))
 
     def _send(self, line: bytes) -> None:
         if self._process is None:
             self._spawn()
-            if line.startswith(b"+"):
-                return  # the new guard was told every listed group, this one included
+            if line.startswith((b"+", b"?")):
+                return  # the new guard was told every listed group and tag, this one included
         try:
             self._write(line)
         except OSError:
@@ -266,18 +302,28 @@ def start(
     """
     if not command:
         raise ValueError("empty command")
-    process = subprocess.Popen(  # argv list, no shell: parameters are never interpreted
-        list(command),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env=env,
-        cwd=cwd,
-    )
+    tag = None
+    if guard is not None:  # announced first: a worker killed before `track` leaves no orphan
+        tag = guard.announce()
+        env = {**(os.environ if env is None else env), TAG_VARIABLE: tag}
+    try:
+        process = subprocess.Popen(  # argv list, no shell: parameters are never interpreted
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
+    except BaseException:
+        if guard is not None and tag is not None:
+            with contextlib.suppress(OSError):
+                guard.settle(tag)
+        raise
     if guard is not None:
         try:
-            guard.track(process.pid)
+            guard.track(process.pid, tag)
         except OSError:  # no guard could be started: the attempt must not run unguarded
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,6 +124,116 @@ def wait_gone(pids: list[int], seconds: float = 10) -> bool:
 def test_the_guard_reads_plus_and_minus_lines_and_skips_malformed_ones() -> None:
     lines = [b"+100\n", b"+200\n", b"-100\n", b"+300\n", b"garbage\n", b"+-4\n", b"+1\n", b"+\n", b"-999\n"]
     assert guard.groups_left(lines) == {200, 300}
+
+
+def test_the_guard_settles_a_tag_when_its_attempt_starts_or_fails_to() -> None:
+    lines = [b"?w.1\n", b"?w.2\n", b"?w.3\n", b"+500 w.1\n", b"!w.2\n", b"+600\n", b"-600\n",
+             b"?\n", b"?a b\n", b"+700 w.9 extra\n", b"-500 w.1\n"]
+    assert guard.read_list(lines) == ({500}, {b"w.3"})
+
+
+def _tagged_sleeper(tag: str, grandchild: bool = False) -> subprocess.Popen[bytes]:
+    """An attempt as `runner.start` makes it (own session, the tag in its environment),
+    started behind the guard's back: as if the worker died before `track`."""
+    code = ("import subprocess, sys, time\n"
+            + ("subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n" if grandchild else "")
+            + "time.sleep(60)\n")
+    return subprocess.Popen([PY, "-c", code], start_new_session=True, env={**os.environ, runner.TAG_VARIABLE: tag})
+
+
+def _group(pgid: int) -> list[int]:
+    """The pids of a process group still running."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid and not gone(int(entry.name)):
+                    out.append(int(entry.name))
+    return out
+
+
+def test_an_attempt_announced_but_never_listed_dies_with_the_worker() -> None:
+    g = runner.Guard()
+    tag = g.announce()
+    attempt = _tagged_sleeper(tag, grandchild=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(_group(attempt.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        members = _group(attempt.pid)
+        assert len(members) == 2
+        g.close()  # end of file: what the guard reads however the worker ends
+        assert wait_gone(members)
+    finally:
+        attempt.kill()
+        attempt.wait()
+
+
+def test_the_guard_waits_for_an_announced_attempt_still_on_its_way_to_exec() -> None:
+    g = runner.Guard()
+    tag = g.announce()
+    started: list[subprocess.Popen[bytes]] = []
+    late = threading.Timer(0.3, lambda: started.append(_tagged_sleeper(tag)))
+    late.start()
+    try:
+        g.close()  # the guard looks for the tag after end of file, for up to START_WAIT_SECONDS
+        late.join()
+        assert wait_gone([started[0].pid])
+    finally:
+        late.cancel()
+        for process in started:
+            process.kill()
+            process.wait()
+
+
+def test_a_settled_or_listed_tag_is_not_looked_for() -> None:
+    g = runner.Guard()
+    failed, listed = g.announce(), g.announce()
+    g.settle(failed)  # could not start
+    g.track(os.getpid() + 10_000_000, listed)  # started: its group is what the guard kills
+    g.untrack(os.getpid() + 10_000_000)
+    bystanders = [_tagged_sleeper(failed), _tagged_sleeper(listed)]
+    try:
+        g.close()  # had the guard looked for these tags, it would have found and killed both
+        assert all(p.poll() is None for p in bystanders)
+    finally:
+        for process in bystanders:
+            process.kill()
+            process.wait()
+
+
+def test_a_new_guard_is_told_the_tags_still_announced() -> None:
+    g = runner.Guard()
+    tag = g.announce()
+    old = g.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    assert wait_gone([old])
+    g.settle(g.announce())  # the next call starts another guard
+    assert g.pid not in (None, old)
+    attempt = _tagged_sleeper(tag)
+    try:
+        g.close()
+        assert wait_gone([attempt.pid])
+    finally:
+        attempt.kill()
+        attempt.wait()
+
+
+def test_an_attempt_carries_its_tag_and_the_guard_keeps_none_once_it_started() -> None:
+    g = runner.Guard()
+    try:
+        execution = runner.start("j", 1, [PY, "-c", f"import os; print(os.environ[{runner.TAG_VARIABLE!r}])"],
+                                 env={"PATH": os.environ["PATH"]}, guard=g)
+        execution.wait(10)
+        assert execution.outcome().state == "completed"  # the output read to its end
+        assert execution.tail.text().strip() == f"{os.getpid()}.1"
+        assert g._pending == set()
+        with pytest.raises(OSError):
+            runner.start("j", 2, ["/nonexistent/program"], guard=g)
+        assert g._pending == set()
+    finally:
+        g.close()
 
 
 def test_kill_9_of_a_worker_kills_its_attempts_groups_grandchildren_included(tmp_path: Path) -> None:
