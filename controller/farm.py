@@ -685,6 +685,8 @@ class Farm:
     @staticmethod
     def _started_before(session: Session, row: Any) -> bool:
         """True when an earlier attempt of the job already started running."""
+        if row.attempt <= 1:  # the first attempt: there is no earlier one
+            return False
         found = _STARTED_BEFORE.first(connection_of(session), job_id=row.id, attempt=row.attempt)
         return bool(found is not None and found[0])
 
@@ -704,8 +706,9 @@ class Farm:
                          message=message or "handed back by a draining worker")]
         out: list[JobTransition] = []
         if status is JobStatus.ASSIGNED and state in ("running", "completed"):
-            out.append(step(JobStatus.RUNNING, Reason.STARTED,
-                            timeout_at=self._running_deadline(session, row, at)))
+            # A job that also ends in this report never waits in `running`: no deadline.
+            deadline = self._running_deadline(session, row, at) if state == "running" else None
+            out.append(step(JobStatus.RUNNING, Reason.STARTED, timeout_at=deadline))
             status = JobStatus.RUNNING
         if state == "running":
             return out

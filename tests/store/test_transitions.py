@@ -16,7 +16,7 @@ from controller.farm import Farm
 from controller.manifests.validate import validate_texts
 from controller.reconcile import Reconciler
 from controller.sources.apply import Origin
-from controller.store import passes, queries, views
+from controller.store import passes, queries, transitions, views
 from controller.store.engine import Store
 from controller.store.models import AuditLog, Job
 from controller.store.transitions import (
@@ -92,6 +92,78 @@ def test_stale_observation_aborts_the_whole_transaction(store: Store) -> None:
         )
     assert job_row(store, "j0").status == "pending"  # the first one rolled back too
     assert count(store, AuditLog) == audits
+
+
+_JOB_STATE = ("status", "reason", "message", "node_id", "attempt", "retry_count", "assigned_at", "started_at",
+              "finished_at", "timeout_at", "not_before", "updated_at")
+_ATTEMPT_STATE = ("attempt", "node_name", "status", "reason", "exit_code", "message", "log_tail", "assigned_at",
+                  "started_at", "finished_at")
+
+
+def _state(store: Store, name: str) -> tuple[dict[str, object], list[dict[str, object]], list[object]]:
+    """A job's row, its attempts' history and its transitions' audit details, without ids."""
+    from controller.store.models import JobAttempt
+    with store.read() as session:
+        job = session.execute(sa.select(Job).where(Job.name == name)).scalar_one()  # type: ignore[arg-type]
+        attempts = session.execute(sa.select(JobAttempt).where(JobAttempt.job_id == job.id)  # type: ignore[arg-type]
+                                   .order_by(JobAttempt.attempt)).scalars().all()
+        audit = session.execute(sa.select(AuditLog.details)
+                                .where(AuditLog.entity_id == name, AuditLog.event_type == "job.transition")  # type: ignore[arg-type]
+                                .order_by(AuditLog.id)).scalars().all()
+        return ({c: getattr(job, c) for c in _JOB_STATE}, [{c: getattr(a, c) for c in _ATTEMPT_STATE} for a in attempts],
+                [json.loads(d) if isinstance(d, str) else d for d in audit])
+
+
+def _ended_before_its_running_report(job_id: int, attempt: int, name: str,
+                                     to: JobStatus = JobStatus.PENDING) -> list[JobTransition]:
+    """What a final report of an `assigned` job writes: it ran, and it completed or goes back
+    to the queue."""
+    started = JobTransition(job_id, name, JobStatus.ASSIGNED, JobStatus.RUNNING, str(Reason.STARTED), attempt,
+                            node_name="w1", timeout_at=at(30))
+    if to is JobStatus.COMPLETED:
+        return [started, JobTransition(job_id, name, JobStatus.RUNNING, to, str(Reason.SUCCEEDED), attempt,
+                                       node_name="w1", exit_code=0, log_tail="done")]
+    ended = JobTransition(job_id, name, JobStatus.RUNNING, JobStatus.PENDING, str(Reason.EXIT_CODE), attempt,
+                          message="exit code 3", node_name="w1", retry_count=1, not_before=at(40), exit_code=3,
+                          log_tail="boom")
+    return [started, ended]
+
+
+@pytest.mark.parametrize("to", [JobStatus.COMPLETED, JobStatus.PENDING])
+def test_two_steps_of_one_job_in_one_call_leave_what_two_calls_leave(
+    store: Store, monkeypatch: pytest.MonkeyPatch, to: JobStatus,
+) -> None:
+    farm = seeded(store)
+    farm.heartbeat("w1", slots=2, now=at(0))  # binds j1 (live) and j3 (high)
+    one, two = job_row(store, "j1"), job_row(store, "j3")
+    assert one.status == two.status == "assigned"
+    guarded: list[list[tuple[object, ...]]] = []
+    real = transitions._update_guarded
+    monkeypatch.setattr(transitions, "_update_guarded", lambda *a: guarded.append(a[4]) or real(*a))
+    with store.write() as session:
+        apply_job_transitions(session, _ended_before_its_running_report(one.id, one.attempt, "j1", to), at(5))
+    (rows,) = guarded  # the job's row written once, guarded on where the first step found it
+    assert len(rows) == 1 and rows[0][-3:] == (one.id, "assigned", one.attempt)
+    for step in _ended_before_its_running_report(two.id, two.attempt, "j3", to):
+        with store.write() as session:
+            apply_job_transitions(session, [step], at(5))
+    job1, attempts1, audit1 = _state(store, "j1")
+    job3, attempts3, audit3 = _state(store, "j3")
+    assert job1 == job3 and job1["status"] == str(to)
+    assert (job1["started_at"] is None) is (to is JobStatus.PENDING)  # a requeue clears it
+    assert attempts1 == attempts3 and attempts1[-1]["started_at"] is not None
+    assert attempts1[-1]["status"] == ("completed" if to is JobStatus.COMPLETED else "requeued")
+    assert audit1 == audit3 and [d["to"] for d in audit1] == ["assigned", "running", str(to)]  # type: ignore[index]
+
+
+def test_two_steps_of_one_job_are_guarded_on_where_the_first_found_it(store: Store) -> None:
+    farm = seeded(store)
+    farm.heartbeat("w1", slots=1, now=at(0))
+    row = job_row(store, "j1")
+    before, audits = _state(store, "j1"), count(store, AuditLog)
+    with pytest.raises(ConcurrentChange), store.write() as session:  # observed an attempt it no longer has
+        apply_job_transitions(session, _ended_before_its_running_report(row.id, row.attempt + 1, "j1"), at(5))
+    assert _state(store, "j1") == before and count(store, AuditLog) == audits
 
 
 def test_pass_schedules_fails_over_and_audits_on_both_engines(store: Store) -> None:
