@@ -384,7 +384,7 @@ class Farm:
         the node is marked dead (Released), so nothing is bound to a worker that left.
         """
         work = self._heartbeat_work(name, slots, labels, running, client_id, self._now(now), draining)
-        return self._write(work, self._beaten, again_on_conflict=name)
+        return self._write(work, self._beaten)
 
     def heartbeat_batched(
         self,
@@ -401,7 +401,7 @@ class Farm:
         None when the writer is closed (shutting down): call `heartbeat` instead.
         """
         work = self._heartbeat_work(name, slots, labels, running, client_id, self._now(None), draining)
-        return self._write_batched(work, ("node", name), self._beaten, again_on_conflict=name)
+        return self._write_batched(work, ("node", name), self._beaten)
 
     def _beaten(self, reply: HeartbeatReply) -> HeartbeatReply:
         """After the beat's transaction committed: wake whoever the beat concerns."""
@@ -426,8 +426,7 @@ class Farm:
             if row is None:
                 if not self.config.nodes.auto_register:
                     raise NotFound(f"node {name!r} is not declared and nodes.autoRegister is off")
-                row = self._register(session, name, slots, labels, at, client_id)
-                registered = True
+                row, registered = self._register(session, name, slots, labels, at, client_id)
             self._record_beat(session, row, slots, labels, at, draining)
             if row.status != str(NodeStatus.READY):
                 apply_node_transitions(
@@ -457,18 +456,41 @@ class Farm:
     def _register(
         self, session: Session, name: str, slots: int | None, labels: Mapping[str, str] | None,
         at: datetime, client_id: str | None,
-    ) -> Any:
-        session.execute(
-            sa.insert(nodes_t).values(
-                name=name, status=str(NodeStatus.UNKNOWN), slots=slots or 1, labels={},
-                reported_labels=dict(labels or {}), unschedulable=False, declared=False,
-                status_changed_at=at, source="heartbeat", created_at=at, updated_at=at,
-            )
-        )
+    ) -> tuple[Any, bool]:
+        """The node of a first beat, inserted; (its row, whether this beat registered it).
+
+        Two first beats of one node at once (two replicas, or a retried request): the
+        name is unique, so the one whose insert loses finds the other's row instead. The
+        insert runs under a savepoint of its own (PostgreSQL waits for the other's commit
+        and then refuses it; the next statement reads what has committed since), so a
+        beat of a known node, the common one, takes none.
+        """
+        cursor = connection_of(session).connection.cursor()
+        try:
+            cursor.execute("SAVEPOINT ffrtmp_register")
+            try:
+                session.execute(
+                    sa.insert(nodes_t).values(
+                        name=name, status=str(NodeStatus.UNKNOWN), slots=slots or 1, labels={},
+                        reported_labels=dict(labels or {}), unschedulable=False, declared=False,
+                        status_changed_at=at, source="heartbeat", created_at=at, updated_at=at,
+                    )
+                )
+            except sa.exc.IntegrityError:
+                cursor.execute("ROLLBACK TO SAVEPOINT ffrtmp_register")
+                cursor.execute("RELEASE SAVEPOINT ffrtmp_register")
+                log.info("[FaultTolerance] Node %s was registered concurrently", name)
+                row = queries.node_by_name(session, name, lock=True)
+                if row is None:  # the other's insert was undone again: nothing to beat on
+                    raise
+                return row, False
+            cursor.execute("RELEASE SAVEPOINT ffrtmp_register")
+        finally:
+            cursor.close()
         write_audit(session, "node.registered", "node", name,
                     {"source": "heartbeat", "declared": False, "slots": slots or 1}, at, client_id)
         log.info("[FaultTolerance] Registered node %s from its first heartbeat", name)
-        return queries.node_by_name(session, name, lock=True)
+        return queries.node_by_name(session, name, lock=True), True
 
     def _record_beat(
         self, session: Session, row: Any, slots: int | None, labels: Mapping[str, str] | None,
@@ -763,31 +785,19 @@ class Farm:
 
     # --- writing ------------------------------------------------------------------------------
 
-    def _write(
-        self, work: Callable[[Session], T], after: Callable[[T], R], again_on_conflict: str | None = None,
-    ) -> R:
-        """`work` in a transaction of its own, then `after` once it has committed.
-
-        With `again_on_conflict` (a node's name), a unique-key conflict (that node's first
-        beat lost a registration race to another replica) runs the work once more, in the
-        same transaction (see `_again_on_conflict`), as the batched path does.
-        """
-        if again_on_conflict is not None:
-            work = _again_on_conflict(work, again_on_conflict)
+    def _write(self, work: Callable[[Session], T], after: Callable[[T], R]) -> R:
+        """`work` in a transaction of its own, then `after` once it has committed."""
         with self.store.write() as session:
             done = work(session)
         return after(done)
 
     def _write_batched(
         self, work: Callable[[Session], T], key: tuple[str, ...], after: Callable[[T], R],
-        again_on_conflict: str | None = None,
     ) -> Written[R] | None:
         """`_write` through the group-commit writer; None when it is closed (shutting down).
 
         `after` runs in the writer thread once the batch has committed.
         """
-        if again_on_conflict is not None:
-            work = _again_on_conflict(work, again_on_conflict)
         return self.writer.submit(work, key=key, then=after)
 
     # --- lookups --------------------------------------------------------------------------------
@@ -809,38 +819,6 @@ class Farm:
 _STARTED_BEFORE = Prepared(lambda _: sa.select(sa.exists().where(
     attempts_t.c.job_id == sa.bindparam("job_id"), attempts_t.c.attempt != sa.bindparam("attempt"),
     attempts_t.c.started_at.is_not(None))))
-
-
-def _registered_concurrently(node: str) -> None:
-    # Two first beats of one node at once (two replicas, or a retried request): the other
-    # registered it first and this insert lost. The node exists now: the beat runs again.
-    log.info("[FaultTolerance] Node %s was registered concurrently; beating again", node)
-
-
-def _again_on_conflict(work: Callable[[Session], T], node: str) -> Callable[[Session], T]:
-    """`work`, run once more in the same transaction when its insert of `node` lost a race.
-
-    Under a savepoint of its own: the failed insert is undone, and the second run sees
-    the other's row (PostgreSQL's next statement reads what has committed since).
-    """
-
-    def run(session: Session) -> T:
-        cursor = connection_of(session).connection.cursor()
-        try:
-            cursor.execute("SAVEPOINT ffrtmp_again")
-            try:
-                done = work(session)
-            except sa.exc.IntegrityError:
-                cursor.execute("ROLLBACK TO SAVEPOINT ffrtmp_again")
-                cursor.execute("RELEASE SAVEPOINT ffrtmp_again")
-                _registered_concurrently(node)
-                return work(session)
-            cursor.execute("RELEASE SAVEPOINT ffrtmp_again")
-            return done
-        finally:
-            cursor.close()
-
-    return run
 
 
 _SCENARIO_EXPECTED = Prepared(lambda _: sa.select(scenarios_t.c.expected_duration_seconds)

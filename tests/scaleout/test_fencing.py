@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -121,3 +123,41 @@ def test_a_takeover_during_the_leader_transaction_makes_its_commit_fail(empty_pg
             assert session.execute(sa.text("SELECT count(*) FROM controller_state")).scalar() == 0
     finally:
         store.dispose()
+
+
+@pytest.mark.postgres
+def test_two_replicas_registering_one_node_at_once_leave_one_node(
+    empty_pg_url: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first beat whose insert loses waits for the other's commit and goes on with its row."""
+    from controller.store.migrate import upgrade
+
+    caplog.set_level(logging.INFO, logger="controller.farm")
+    first, second = (Store.from_config(DatabaseConfig(url=empty_pg_url)) for _ in range(2))
+    upgrade(first)
+    replies: list[Any] = []
+    try:
+        a, b = Farm(first, CONFIG, clock=lambda: T0), Farm(second, CONFIG, clock=lambda: T0)
+        with first.write() as session:
+            assert a._heartbeat_work("w9", 2, {}, [], None, at(0), False)(session).registered
+            racer = threading.Thread(target=lambda: replies.append(b.heartbeat("w9", slots=2, running=[])))
+            racer.start()
+            deadline = time.monotonic() + 10
+            while not _waits_for_a_lock(second) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _waits_for_a_lock(second)  # its insert waits on ours, not yet committed
+        racer.join(10)
+        assert not racer.is_alive() and len(replies) == 1 and not replies[0].registered
+        assert "Node w9 was registered concurrently" in caplog.text
+        with first.read() as session:
+            assert session.execute(sa.text("SELECT count(*) FROM nodes WHERE name = 'w9'")).scalar() == 1
+            assert session.execute(sa.text("SELECT status FROM nodes WHERE name = 'w9'")).scalar() == "ready"
+        assert audit_types(first).count("node.registered") == 1
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def _waits_for_a_lock(store: Store) -> bool:
+    with store.read() as session:
+        return bool(session.execute(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar())

@@ -18,7 +18,7 @@ from controller.reconcile import Reconciler
 from controller.sources.apply import Origin
 from controller.store import passes, queries, transitions, views
 from controller.store.engine import Store
-from controller.store.models import AuditLog, Job
+from controller.store.models import AuditLog, Job, JobAttempt
 from controller.store.transitions import (
     ConcurrentChange,
     JobTransition,
@@ -102,7 +102,6 @@ _ATTEMPT_STATE = ("attempt", "node_name", "status", "reason", "exit_code", "mess
 
 def _state(store: Store, name: str) -> tuple[dict[str, object], list[dict[str, object]], list[object]]:
     """A job's row, its attempts' history and its transitions' audit details, without ids."""
-    from controller.store.models import JobAttempt
     with store.read() as session:
         job = session.execute(sa.select(Job).where(Job.name == name)).scalar_one()  # type: ignore[arg-type]
         attempts = session.execute(sa.select(JobAttempt).where(JobAttempt.job_id == job.id)  # type: ignore[arg-type]
