@@ -100,13 +100,16 @@ async def _dispatch(url: str, admin: str, jobs: int, paced: int, rate: float, pi
         submitted = time.perf_counter() - began
         done = await _wait_done(client, jobs, timeout=max(120.0, jobs / 5))
         elapsed = done - began
+        # Read before the profiler is waited for: it samples for a fixed time, longer than
+        # the burst, and the machine's busy cores would be averaged over that wait too.
+        busy, ctl1 = busy_cores(cpu0, wall0), process_cpu_seconds(pid)
+        workers1 = sum(process_cpu_seconds(p) for p in worker_pids)
         recorder.__exit__(None, None, None)
         burst = {"jobs": jobs, "submit_seconds": round(submitted, 2), "seconds": round(elapsed, 2),
-                 "per_s": round(jobs / elapsed, 1), "machine_busy_cores": busy_cores(cpu0, wall0),
-                 "controller_cpu_ms_per_job": round((process_cpu_seconds(pid) - ctl0) / jobs * 1000, 2),
+                 "per_s": round(jobs / elapsed, 1), "machine_busy_cores": busy,
+                 "controller_cpu_ms_per_job": round((ctl1 - ctl0) / jobs * 1000, 2),
                  # The worker processes and the jobs' own processes (`true`), reaped by them.
-                 "workers_cpu_ms_per_job": round(
-                     (sum(process_cpu_seconds(p) for p in worker_pids) - workers0) / jobs * 1000, 2),
+                 "workers_cpu_ms_per_job": round((workers1 - workers0) / jobs * 1000, 2),
                  "controller_work": _delta(before, await counters(client), jobs),
                  "submit_to_start_ms": percentiles(await _starts(client, "burst-"))}
         began = time.perf_counter()
