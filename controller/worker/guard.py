@@ -77,7 +77,11 @@ def tagged(tags: set[bytes], proc: str = "/proc") -> dict[int, bytes]:
     """
     wanted = {TAG_VARIABLE + b"=" + tag: tag for tag in tags}
     found: dict[int, bytes] = {}
-    for entry in os.listdir(proc):
+    try:
+        entries = os.listdir(proc)
+    except OSError:  # no /proc (not Linux): the listed groups are all the guard can kill
+        return found
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:

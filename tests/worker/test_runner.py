@@ -132,6 +132,10 @@ def test_the_guard_settles_a_tag_when_its_attempt_starts_or_fails_to() -> None:
     assert guard.read_list(lines) == ({500}, {b"w.3"})
 
 
+def test_without_proc_the_guard_finds_no_tagged_process(tmp_path: Path) -> None:
+    assert guard.tagged({b"w.1"}, proc=str(tmp_path / "absent")) == {}
+
+
 def _tagged_sleeper(tag: str, grandchild: bool = False) -> subprocess.Popen[bytes]:
     """An attempt as `runner.start` makes it (own session, the tag in its environment),
     started behind the guard's back: as if the worker died before `track`."""
