@@ -460,33 +460,21 @@ class Farm:
         """The node of a first beat, inserted; (its row, whether this beat registered it).
 
         Two first beats of one node at once (two replicas, or a retried request): the
-        name is unique, so the one whose insert loses finds the other's row instead. The
-        insert runs under a savepoint of its own (PostgreSQL waits for the other's commit
-        and then refuses it; the next statement reads what has committed since), so a
-        beat of a known node, the common one, takes none.
+        name is unique, so the one whose insert loses finds the other's row instead. Only
+        this insert takes a savepoint (`queries.insert_node_unless_taken`): a beat of a
+        known node, the common one, takes none.
         """
-        cursor = connection_of(session).connection.cursor()
-        try:
-            cursor.execute("SAVEPOINT ffrtmp_register")
-            try:
-                session.execute(
-                    sa.insert(nodes_t).values(
-                        name=name, status=str(NodeStatus.UNKNOWN), slots=slots or 1, labels={},
-                        reported_labels=dict(labels or {}), unschedulable=False, declared=False,
-                        status_changed_at=at, source="heartbeat", created_at=at, updated_at=at,
-                    )
-                )
-            except sa.exc.IntegrityError:
-                cursor.execute("ROLLBACK TO SAVEPOINT ffrtmp_register")
-                cursor.execute("RELEASE SAVEPOINT ffrtmp_register")
-                log.info("[FaultTolerance] Node %s was registered concurrently", name)
-                row = queries.node_by_name(session, name, lock=True)
-                if row is None:  # the other's insert was undone again: nothing to beat on
-                    raise
-                return row, False
-            cursor.execute("RELEASE SAVEPOINT ffrtmp_register")
-        finally:
-            cursor.close()
+        inserted = queries.insert_node_unless_taken(
+            session, name=name, status=str(NodeStatus.UNKNOWN), slots=slots or 1, labels={},
+            reported_labels=dict(labels or {}), unschedulable=False, declared=False,
+            status_changed_at=at, source="heartbeat", created_at=at, updated_at=at,
+        )
+        if not inserted:
+            log.info("[FaultTolerance] Node %s was registered concurrently", name)
+            row = queries.node_by_name(session, name, lock=True)
+            if row is None:
+                raise Conflict(f"node {name!r} was registered and removed concurrently: beat again")
+            return row, False
         write_audit(session, "node.registered", "node", name,
                     {"source": "heartbeat", "declared": False, "slots": slots or 1}, at, client_id)
         log.info("[FaultTolerance] Registered node %s from its first heartbeat", name)

@@ -342,6 +342,28 @@ def _job_with_node(lock: bool) -> Prepared:
 _JOB_WITH_NODE = {lock: _job_with_node(lock) for lock in (False, True)}
 
 
+def insert_node_unless_taken(session: Session, **values: Any) -> bool:
+    """Insert a node row; False when another transaction took its name first.
+
+    The insert runs under a savepoint of its own, so the caller's transaction goes on
+    either way (PostgreSQL makes the insert wait for the other's commit, then refuses
+    it; the next statement reads what has committed since).
+    """
+    cursor = connection_of(session).connection.cursor()
+    try:
+        cursor.execute("SAVEPOINT ffrtmp_insert_node")
+        try:
+            session.execute(sa.insert(nodes_t).values(**values))
+        except sa.exc.IntegrityError:
+            cursor.execute("ROLLBACK TO SAVEPOINT ffrtmp_insert_node")
+            cursor.execute("RELEASE SAVEPOINT ffrtmp_insert_node")
+            return False
+        cursor.execute("RELEASE SAVEPOINT ffrtmp_insert_node")
+        return True
+    finally:
+        cursor.close()
+
+
 def job_with_node(session: Session, name: str, lock: bool = False) -> Any:
     """`job_by_name` plus `node_name`: the name of the job's node, None without one (one read)."""
     return _JOB_WITH_NODE[lock].first(connection_of(session), name=name)

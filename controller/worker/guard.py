@@ -64,11 +64,6 @@ def read_list(lines: Iterable[bytes]) -> tuple[set[int], set[bytes]]:
     return groups, pending
 
 
-def groups_left(lines: Iterable[bytes]) -> set[int]:
-    """The process groups still listed once `lines` are read to the end."""
-    return read_list(lines)[0]
-
-
 def tagged(tags: set[bytes], proc: str = "/proc") -> dict[int, bytes]:
     """The processes whose environment carries one of `tags`: pid -> tag.
 
